@@ -1,0 +1,78 @@
+"""A scripted backend for engine unit tests only. It never reads the content's meaning.
+
+Example:
+    >>> backend = MockBackend(script=['{"violation": 1}', BackendTimeout("slow")])
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from magistrate.backends.base import Backend, Capabilities, Completion, CompletionOptions, Usage
+from magistrate.errors import BackendError
+from magistrate.prompt import Prompt
+
+
+@dataclass(frozen=True)
+class Scripted:
+    """One scripted reply: answer text, finish reason, optional label probabilities."""
+
+    text: str
+    finish_reason: str = "stop"
+    label_probs: Mapping[str, float] | None = None
+    reasoning: str | None = None
+
+
+class MockBackend(Backend):
+    """Replies from a script, in order; an exception in the script is raised instead.
+
+    Every prompt it was given is kept in `prompts`, with its options in `options`.
+    """
+
+    provider = "mock"
+    capabilities = Capabilities(prefill=True, label_scores=True, constrained=True)
+
+    def __init__(
+        self,
+        model: str = "scripted",
+        *,
+        script: Iterable[str | Scripted | BackendError] = (),
+        max_concurrency: int = 4,
+        delay_s: float = 0.0,
+    ) -> None:
+        self._script = list(script)
+        self.model = model
+        self.max_concurrency = max_concurrency
+        self.delay_s = delay_s
+        self.prompts: list[Prompt] = []
+        self.options: list[CompletionOptions] = []
+        self.in_flight = 0
+        self.peak_in_flight = 0
+
+    async def complete(self, prompt: Prompt, options: CompletionOptions) -> Completion:
+        self.prompts.append(prompt)
+        self.options.append(options)
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(self.delay_s)
+            if not self._script:
+                raise BackendError("The mock backend's script is exhausted.")
+            step = self._script.pop(0)
+        finally:
+            self.in_flight -= 1
+        if isinstance(step, BackendError):
+            raise step
+        if isinstance(step, str):
+            step = Scripted(step)
+        return Completion(
+            text=step.text,
+            model=self.model,
+            reasoning=step.reasoning,
+            finish_reason=step.finish_reason,
+            usage=Usage(prompt_tokens=10, completion_tokens=max(1, len(step.text) // 4)),
+            label_probs=step.label_probs,
+            label_mass=1.0 if step.label_probs else None,
+        )

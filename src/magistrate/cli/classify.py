@@ -1,0 +1,183 @@
+"""`magistrate classify`: judge content under a policy."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from magistrate.backends import DEFAULT_MODEL
+from magistrate.cli.app import EXIT_NO_VERDICT, app, err_console, out_console
+from magistrate.decision import Decision
+from magistrate.engine import Classifier
+from magistrate.errors import InputError
+from magistrate.item import DEFAULT_MAX_CHARS, Item, decode_content, parse_jsonl
+from magistrate.policy import Policy
+from magistrate.prompt import Effort, Mode
+
+
+@app.command()
+def classify(
+    text: Annotated[
+        str | None, typer.Argument(help="Content to classify, or '-' to read it from stdin.")
+    ] = None,
+    policy: Annotated[
+        str, typer.Option("--policy", "-p", help="Policy file, or a bundled policy name.")
+    ] = "spam",
+    file: Annotated[
+        Path | None,
+        typer.Option(
+            "--file", "-f",
+            help="Many items: a .jsonl file ({'text', 'id', 'label'} per line) or a text file "
+            "with one item per line.",
+        ),
+    ] = None,
+    model: Annotated[
+        str, typer.Option("--model", "-m", envvar="MAGISTRATE_MODEL", help="provider/model.")
+    ] = DEFAULT_MODEL,
+    mode: Annotated[Mode, typer.Option(envvar="MAGISTRATE_MODE", help="reason or score.")] = (
+        Mode.REASON
+    ),
+    effort: Annotated[Effort, typer.Option(envvar="MAGISTRATE_EFFORT")] = Effort.MEDIUM,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    max_chars: Annotated[
+        int, typer.Option(min=1, help="Size limit for one item, in characters.")
+    ] = DEFAULT_MAX_CHARS,
+    timeout: Annotated[
+        float | None, typer.Option(min=0.1, help="Seconds allowed per item.")
+    ] = None,
+    fallback: Annotated[
+        bool, typer.Option(help="Retry with constrained decoding when an answer does not parse.")
+    ] = True,
+) -> None:
+    """Classify content under a policy: label, rule ids, score and rationale on stdout.
+
+    Exit status 0 when every item got a verdict, 3 when at least one did not, 1 on bad input.
+    """
+    items = _read_items(text, file, max_chars)
+    classifier = Classifier(
+        policy, model, effort=effort, mode=mode, max_chars=max_chars, timeout_s=timeout,
+        fallback=fallback,
+    )
+    started = time.perf_counter()
+    decisions = _run(classifier, items, as_json)
+    elapsed = time.perf_counter() - started
+    if len(items) > 1:
+        _summary(decisions, items, classifier.policy, elapsed)
+    if not all(d.ok for d in decisions):
+        raise typer.Exit(EXIT_NO_VERDICT)
+
+
+def _read_items(text: str | None, file: Path | None, max_chars: int) -> list[Item]:
+    if (text is None) == (file is None):
+        raise InputError(
+            "Give the content as an argument, '-' for stdin, or --file PATH (exactly one)."
+        )
+    if file is not None:
+        return _read_file(file, max_chars)
+    if text == "-":
+        return [Item.of(decode_content(sys.stdin.buffer.read(), where="stdin"), max_chars=max_chars)]
+    return [Item.of(text or "", max_chars=max_chars)]
+
+
+def _read_file(path: Path, max_chars: int) -> list[Item]:
+    if not path.is_file():
+        raise InputError(f"Input file {str(path)!r} does not exist or is not a file.")
+    data = decode_content(path.read_bytes(), where=f"file {str(path)!r}")
+    if path.suffix.lower() in (".jsonl", ".ndjson"):
+        items = parse_jsonl(data, max_chars=max_chars, where=f"file {str(path)!r}")
+    else:
+        items = [
+            Item.of(line, id=str(n), max_chars=max_chars)
+            for n, line in enumerate(data.splitlines(), 1)
+            if line.strip()
+        ]
+    if not items:
+        raise InputError(f"File {str(path)!r} holds no items to classify.")
+    return items
+
+
+def _run(classifier: Classifier, items: list[Item], as_json: bool) -> list[Decision]:
+    def show(decision: Decision) -> None:
+        if as_json:
+            out_console.out(json.dumps(decision.to_dict(), ensure_ascii=False), highlight=False)
+        else:
+            out_console.print(format_decision(decision))
+            if decision.reasoning:
+                err_console.print(f"[dim]{escape(decision.reasoning)}[/dim]")
+
+    if len(items) == 1:
+        decision = asyncio.run(classifier.classify(items[0]))
+        show(decision)
+        return [decision]
+    columns = (
+        TextColumn("[progress.description]{task.description}"), BarColumn(),
+        MofNCompleteColumn(), TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=err_console, transient=True) as progress:
+        task = progress.add_task("classifying", total=len(items))
+
+        def advance(decision: Decision) -> None:
+            show(decision)
+            progress.advance(task)
+
+        return asyncio.run(classifier.classify_many(items, on_decision=advance))
+
+
+def format_decision(decision: Decision) -> str:
+    """One human line: id, label, category, rule ids, score, rationale (rich markup)."""
+    v = decision.verdict
+    parts = [f"[bold]{escape(decision.item_id)}[/]"] if decision.item_id else []
+    if not v.ok:
+        parts.append(f"[bold yellow]NO VERDICT[/] ({v.status.value}) {escape(v.detail or '')}")
+        return "  ".join(parts)
+    word = "[bold red]VIOLATION[/]" if v.violation else "[bold green]OK[/]       "
+    parts.append(f"{word} label={escape(str(v.label))}")
+    if v.category:
+        parts.append(f"category={escape(v.category)}")
+    parts.append(f"rules={escape(','.join(v.rule_ids)) or '-'}")
+    if v.unknown_rule_ids:
+        parts.append(f"[yellow]unknown-rules={escape(','.join(v.unknown_rule_ids))}[/]")
+    if v.score is not None:
+        parts.append(f"score={v.score:.3f}")
+    if v.rationale:
+        parts.append(f"[dim]{escape(v.rationale)}[/]")
+    return "  ".join(parts)
+
+
+def _gold(value: Any, policy: Policy) -> bool | None:
+    """A gold label from a JSONL `label` field: 0/1, true/false, or a policy label name."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        label = policy.label(value)
+        if label is not None:
+            return label.violation
+        if value.strip().lower() in ("0", "1", "true", "false"):
+            return value.strip().lower() in ("1", "true")
+    return None
+
+
+def _summary(decisions: list[Decision], items: list[Item], policy: Policy, elapsed: float) -> None:
+    n = len(decisions)
+    flagged = sum(1 for d in decisions if d.violation)
+    missing = sum(1 for d in decisions if not d.ok)
+    line = (
+        f"{n} items: {flagged} violations, {n - flagged - missing} not, {missing} without a "
+        f"verdict · {elapsed / n:.2f} s/item"
+    )
+    gold = [_gold(item.metadata.get("label"), policy) for item in items]
+    pairs = [(d, g) for d, g in zip(decisions, gold, strict=True) if g is not None]
+    if pairs:
+        right = sum(1 for d, g in pairs if d.violation is g)
+        line += f" · accuracy {right}/{len(pairs)} = {right / len(pairs):.1%} against the labels"
+    err_console.print(line)

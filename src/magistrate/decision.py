@@ -1,0 +1,96 @@
+"""Decisions: a verdict plus everything needed to audit and reproduce it.
+
+Example:
+    >>> decision.verdict.violation, decision.policy_hash[:12], decision.model
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from magistrate.backends.base import Usage
+from magistrate.verdict import Verdict
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One ruling on one item under one policy.
+
+    Attributes:
+        id: ULID; sorts by creation time.
+        created_at: When the decision was made (UTC).
+        item_id: The caller's id for the item, if any.
+        item_hash: SHA-256 of the content (the content itself is not kept here).
+        policy_id: The policy's id.
+        policy_version: The policy's version label.
+        policy_hash: SHA-256 of the policy's exact text.
+        backend: `provider/model` of the backend.
+        model: The resolved model name the backend reported.
+        effort: Reasoning effort used.
+        mode: `reason` or `score`.
+        options: Sampling options and whether constrained decoding was needed.
+        verdict: The parsed verdict (status `ok`, or why none was reached).
+        reasoning: The model's reasoning text, when it has a separate channel.
+        usage: Token counts over all attempts.
+        latency_s: Seconds from request to verdict, over all attempts.
+        error: The backend error, when the backend failed.
+        metadata: The caller's item metadata, carried through untouched.
+    """
+
+    id: str
+    created_at: datetime
+    item_id: str | None
+    item_hash: str
+    policy_id: str
+    policy_version: str
+    policy_hash: str
+    backend: str
+    model: str
+    effort: str
+    mode: str
+    options: Mapping[str, Any]
+    verdict: Verdict
+    reasoning: str | None = None
+    usage: Usage = field(default_factory=Usage)
+    latency_s: float = 0.0
+    error: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """True when a verdict was reached."""
+        return self.verdict.ok
+
+    @property
+    def violation(self) -> bool | None:
+        """The verdict's violation flag; None when no verdict was reached."""
+        return self.verdict.violation
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (the JSON lines `classify --json` prints)."""
+        return {
+            "id": self.id,
+            "created_at": self.created_at.isoformat(),
+            "item_id": self.item_id,
+            "item_hash": self.item_hash,
+            "policy": {"id": self.policy_id, "version": self.policy_version, "hash": self.policy_hash},
+            "backend": self.backend,
+            "model": self.model,
+            "effort": self.effort,
+            "mode": self.mode,
+            "options": dict(self.options),
+            **{k: v for k, v in self.verdict.to_dict().items()},
+            "reasoning": self.reasoning,
+            "usage": {
+                "prompt_tokens": self.usage.prompt_tokens,
+                "cached_tokens": self.usage.cached_tokens,
+                "completion_tokens": self.usage.completion_tokens,
+                "reasoning_tokens": self.usage.reasoning_tokens,
+            },
+            "latency_s": round(self.latency_s, 4),
+            "error": self.error,
+            "metadata": dict(self.metadata),
+        }

@@ -1,0 +1,260 @@
+"""The engine: Policy + Item -> Prompt -> Backend -> Completion -> Verdict -> Decision.
+
+`Classifier` is the one path that `classify` (CLI and Python), evaluation, batch jobs and the
+server all run. It builds prompts with `prompt.build_prompt`, parses answers with
+`verdict.parse_verdict`, bounds concurrency to what the backend allows, falls back to
+constrained decoding when a free answer does not parse, and turns backend failures into
+decisions with status `error`, never into a "safe" label.
+
+Example:
+    >>> clf = Classifier("spam", mode="score")
+    >>> decisions = asyncio.run(clf.classify_many(["Win a prize!", "See you at 6"]))
+    >>> decision = classify("Win a FREE iPhone!!!", policy="spam")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from magistrate.backends import DEFAULT_MODEL, Backend, Completion, CompletionOptions, get_backend
+from magistrate.backends.base import Usage
+from magistrate.decision import Decision
+from magistrate.errors import BackendError, BackendTimeout, ConfigError, InputError
+from magistrate.ids import new_ulid
+from magistrate.item import DEFAULT_MAX_CHARS, Item
+from magistrate.policy import Policy, load_policy
+from magistrate.prompt import Effort, Mode, Prompt, build_prompt
+from magistrate.verdict import (
+    ParseStatus,
+    Verdict,
+    failed,
+    parse_verdict,
+    verdict_from_scores,
+    with_scores,
+)
+
+MAX_TOKENS_BY_EFFORT = {Effort.LOW: 128, Effort.MEDIUM: 256, Effort.HIGH: 512}
+"""Answer budget for models without a reasoning channel (rationale length grows with effort)."""
+
+DecisionCallback = Callable[[Decision], None]
+
+
+class Classifier:
+    """Judges items under one policy with one backend.
+
+    Args:
+        policy: A `Policy`, a path to a policy file, or a bundled policy name.
+        model: A `provider/model` string or a ready `Backend`.
+        effort: Reasoning effort (`low`, `medium`, `high`).
+        mode: `reason` (the model writes its answer) or `score` (one label token, scored).
+        max_chars: Size limit for one item's content.
+        timeout_s: Per-item time limit; past it the decision is an error, not a label.
+        fallback: Retry with constrained decoding when a free answer does not parse.
+        max_tokens: Answer budget; default from the effort.
+        concurrency: Items in flight at once; default is what the backend allows.
+    """
+
+    def __init__(
+        self,
+        policy: Policy | str | Path,
+        model: str | Backend = DEFAULT_MODEL,
+        *,
+        effort: Effort | str = Effort.MEDIUM,
+        mode: Mode | str = Mode.REASON,
+        max_chars: int = DEFAULT_MAX_CHARS,
+        timeout_s: float | None = None,
+        fallback: bool = True,
+        max_tokens: int | None = None,
+        concurrency: int | None = None,
+    ) -> None:
+        self.policy = policy if isinstance(policy, Policy) else load_policy(policy)
+        self.effort = _enum(Effort, effort, "effort")
+        self.mode = _enum(Mode, mode, "mode")
+        self.backend = model if isinstance(model, Backend) else get_backend(model)
+        if self.mode is Mode.SCORE and not self.backend.capabilities.label_scores:
+            raise ConfigError(
+                f"Score mode needs label probabilities, which {self.backend.name} cannot give. "
+                "Use --mode reason."
+            )
+        self.max_chars = max_chars
+        self.timeout_s = timeout_s
+        self.fallback = fallback and self.backend.capabilities.constrained
+        self.max_tokens = max_tokens or MAX_TOKENS_BY_EFFORT[self.effort]
+        self.concurrency = max(1, concurrency or self.backend.max_concurrency)
+
+    def item(self, content: str | bytes | Item, *, id: str | None = None) -> Item:
+        """A checked item from content (see `Item.of`)."""
+        if isinstance(content, Item):
+            return content
+        return Item.of(content, id=id, max_chars=self.max_chars)
+
+    def prompt(self, item: Item) -> Prompt:
+        """The prompt this classifier sends for `item`."""
+        return build_prompt(
+            self.policy,
+            item,
+            effort=self.effort,
+            native_reasoning=self.backend.capabilities.native_reasoning,
+        )
+
+    def options(self, *, constrained: bool = False) -> CompletionOptions:
+        """Completion options for this classifier's mode and effort."""
+        if self.mode is Mode.SCORE:
+            return CompletionOptions(max_tokens=1, constrain_label=True, timeout_s=self.timeout_s)
+        return CompletionOptions(
+            max_tokens=self.max_tokens, constrained=constrained, timeout_s=self.timeout_s
+        )
+
+    async def classify(self, content: str | bytes | Item, *, id: str | None = None) -> Decision:
+        """Judge one item. Backend failures come back as decisions with status `error`.
+
+        Raises:
+            InputError: The content cannot be classified (empty, too large, binary).
+        """
+        item = self.item(content, id=id)
+        start = time.perf_counter()
+        prompt = self.prompt(item)
+        options = self.options()
+        try:
+            completion = await self._complete(prompt, options)
+            verdict = self._verdict(completion)
+            usage = completion.usage
+            if self._should_fall_back(verdict):
+                options = self.options(constrained=True)
+                retry = await self._complete(prompt, options)
+                usage = usage + retry.usage
+                completion, verdict = retry, self._verdict(retry)
+        except (BackendError, InputError) as exc:
+            return self._decision(item, failed(ParseStatus.ERROR, detail=str(exc)), options,
+                                  time.perf_counter() - start, error=str(exc))
+        return self._decision(item, verdict, options, time.perf_counter() - start,
+                              completion=completion, usage=usage)
+
+    async def classify_many(
+        self,
+        items: Iterable[str | bytes | Item],
+        *,
+        on_decision: DecisionCallback | None = None,
+    ) -> list[Decision]:
+        """Judge many items with bounded concurrency; results keep the input order.
+
+        Every item is checked before any is sent, so bad input fails the call up front.
+
+        Args:
+            items: Contents or `Item`s.
+            on_decision: Called as each decision is made (for progress bars).
+        """
+        checked = [self.item(c) for c in items]
+        gate = asyncio.Semaphore(self.concurrency)
+
+        async def one(item: Item) -> Decision:
+            async with gate:
+                decision = await self.classify(item)
+            if on_decision is not None:
+                on_decision(decision)
+            return decision
+
+        return list(await asyncio.gather(*(one(item) for item in checked)))
+
+    async def aclose(self) -> None:
+        """Close the backend (only needed for backends this classifier created)."""
+        await self.backend.aclose()
+
+    async def _complete(self, prompt: Prompt, options: CompletionOptions) -> Completion:
+        if self.timeout_s is None:
+            return await self.backend.complete(prompt, options)
+        try:
+            # The backend enforces timeout_s itself where it can; this is the outer guard.
+            return await asyncio.wait_for(
+                self.backend.complete(prompt, options), timeout=self.timeout_s * 1.5 + 1
+            )
+        except TimeoutError:
+            raise BackendTimeout(
+                f"{self.backend.name} did not answer within {self.timeout_s} s."
+            ) from None
+
+    def _verdict(self, completion: Completion) -> Verdict:
+        if self.mode is Mode.SCORE:
+            return verdict_from_scores(completion.label_probs, self.policy)
+        verdict = parse_verdict(
+            completion.text, self.policy, truncated=completion.finish_reason == "length"
+        )
+        return with_scores(verdict, completion.label_probs, self.policy)
+
+    def _should_fall_back(self, verdict: Verdict) -> bool:
+        return self.fallback and self.mode is Mode.REASON and not verdict.ok
+
+    def _decision(
+        self,
+        item: Item,
+        verdict: Verdict,
+        options: CompletionOptions,
+        latency_s: float,
+        *,
+        completion: Completion | None = None,
+        usage: Usage | None = None,
+        error: str | None = None,
+    ) -> Decision:
+        if verdict.ok and verdict.score is not None and self.mode is Mode.REASON:
+            verdict = replace(verdict, score=round(verdict.score, 6))
+        return Decision(
+            id=new_ulid(),
+            created_at=datetime.now(UTC),
+            item_id=item.id,
+            item_hash=item.hash,
+            policy_id=self.policy.id,
+            policy_version=self.policy.version,
+            policy_hash=self.policy.hash,
+            backend=self.backend.name,
+            model=completion.model if completion else self.backend.model,
+            effort=self.effort.value,
+            mode=self.mode.value,
+            options=options.to_dict() | {"threshold": self.policy.threshold},
+            verdict=verdict,
+            reasoning=completion.reasoning if completion else None,
+            usage=usage or Usage(),
+            latency_s=latency_s,
+            error=error,
+            metadata=dict(item.metadata),
+        )
+
+
+def classify(
+    content: str | bytes | Item,
+    *,
+    policy: Policy | str | Path,
+    model: str | Backend = DEFAULT_MODEL,
+    effort: Effort | str = Effort.MEDIUM,
+    mode: Mode | str = Mode.REASON,
+    **kwargs: Any,
+) -> Decision:
+    """Judge one piece of content under a policy (blocking; loads the model once per process).
+
+    Example:
+        >>> classify("WIN a FREE iPhone!!!", policy="spam").verdict.violation
+        True
+
+    Raises:
+        InputError: The content cannot be classified.
+        PolicyError: The policy cannot be read.
+    """
+    classifier = Classifier(policy, model, effort=effort, mode=mode, **kwargs)
+    return asyncio.run(classifier.classify(content))
+
+
+_E = TypeVar("_E", Effort, Mode)
+
+
+def _enum(kind: type[_E], value: _E | str, what: str) -> _E:
+    try:
+        return kind(value)
+    except ValueError:
+        allowed = ", ".join(m.value for m in kind)
+        raise ConfigError(f"Unknown {what} {value!r}; use one of {allowed}.") from None
+

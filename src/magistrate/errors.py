@@ -1,0 +1,53 @@
+"""Magistrate's exceptions, in one small hierarchy.
+
+    MagistrateError            anything Magistrate raises on purpose (CLI exit code 1)
+    ├── ConfigError            a setting, flag or model string that cannot work
+    ├── InputError             content to classify that cannot be used (empty, huge, binary)
+    ├── PolicyError            a policy file that cannot be read or parsed
+    ├── ModelError             a model file that is missing, not GGUF, or fails its hash
+    ├── MissingDependency      an optional package is not installed (message names the install)
+    └── BackendError           the backend failed while producing a completion
+        ├── BackendUnavailable the backend cannot be reached or loaded
+        └── BackendTimeout     the backend did not answer in time
+
+Messages say what happened and how to fix it, in one paragraph. They name ids, hashes and
+paths, never the content being classified.
+"""
+
+from __future__ import annotations
+
+
+class MagistrateError(Exception):
+    """Base class for every error Magistrate raises on purpose."""
+
+
+class ConfigError(MagistrateError):
+    """A setting, flag or model string that cannot work."""
+
+
+class InputError(MagistrateError):
+    """Content to classify that cannot be used as it is."""
+
+
+class PolicyError(MagistrateError):
+    """A policy file that cannot be read or parsed."""
+
+
+class ModelError(MagistrateError):
+    """A model file that is missing, is not a GGUF file, or does not match its hash."""
+
+
+class MissingDependency(MagistrateError):
+    """An optional dependency is not installed; the message names the install command."""
+
+
+class BackendError(MagistrateError):
+    """The backend failed while producing a completion."""
+
+
+class BackendUnavailable(BackendError):
+    """The backend cannot be reached or loaded."""
+
+
+class BackendTimeout(BackendError):
+    """The backend did not answer within the time allowed."""

@@ -1,0 +1,172 @@
+"""The one prompt builder: Policy + Item -> Prompt.
+
+Layout (a performance feature as much as a correctness one):
+
+    system     the policy text, then Magistrate's output-format block (same for every item)
+    user       the item's content, and nothing else (content is untrusted)
+    assistant  an optional prefill where the label begins (`{"violation": ` for JSON policies)
+
+Everything before the content depends only on the policy and the backend's capabilities, so
+it is byte-identical across the items of one policy and a backend's KV prefix (or a server's
+prefix cache) is reused. Nothing per-item (ids, dates) ever goes before the content.
+
+Example:
+    >>> prompt = build_prompt(load_policy("spam"), Item.of("Win a prize!"))
+    >>> [m.role for m in prompt.messages], prompt.prefill
+    (['system', 'user'], '{"violation": ')
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from magistrate.item import Item
+from magistrate.policy import OutputFormat, Policy
+
+RATIONALE_MAX_WORDS = 30
+RATIONALE_MAX_CHARS = 300
+
+
+class Mode(StrEnum):
+    """How a verdict is produced."""
+
+    REASON = "reason"
+    """The model writes its answer in the policy's format, with a bounded rationale."""
+    SCORE = "score"
+    """One constrained label token; the score is the probability of the violating labels."""
+
+
+class Effort(StrEnum):
+    """Reasoning effort: harmony's `Reasoning:` level, and the output budget elsewhere."""
+
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+
+
+@dataclass(frozen=True)
+class Message:
+    """One chat message."""
+
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """What a backend is asked.
+
+    Attributes:
+        messages: System (policy + format block) then user (the content).
+        prefill: Text the assistant's answer starts with, for backends that can continue a
+            raw prompt; where the label token is read in score mode.
+        candidates: The label strings that may follow `prefill`; their first tokens are
+            compared in score mode.
+        schema: JSON schema of a valid answer, for constrained decoding (JSON policies).
+        grammar: GBNF grammar of a valid answer, for constrained decoding (other formats).
+        effort: Reasoning effort, for backends that take one.
+        native_reasoning: Whether the format block assumed the model reasons on its own
+            channel (harmony) instead of writing a rationale in the answer.
+    """
+
+    messages: tuple[Message, ...]
+    prefill: str
+    candidates: tuple[str, ...]
+    effort: Effort
+    schema: dict[str, Any] | None = field(default=None, compare=False)
+    grammar: str | None = None
+    native_reasoning: bool = False
+
+    @property
+    def system(self) -> str:
+        """The system message: everything the model reads before the content."""
+        return self.messages[0].content
+
+    @property
+    def prefix_hash(self) -> str:
+        """Hash of everything before the content: equal for every item of one policy."""
+        return hashlib.sha256(self.system.encode("utf-8")).hexdigest()
+
+
+def build_prompt(
+    policy: Policy,
+    item: Item,
+    *,
+    effort: Effort | str = Effort.MEDIUM,
+    native_reasoning: bool = False,
+) -> Prompt:
+    """Build the prompt for one item under one policy.
+
+    Args:
+        policy: The parsed policy.
+        item: The checked content; it goes into the user message and nowhere else.
+        effort: Reasoning effort.
+        native_reasoning: True for models that reason on a separate channel (gpt-oss); the
+            answer is then asked for in the policy's exact format, without a rationale line.
+    """
+    system = policy.body.rstrip("\n") + "\n\n" + format_block(policy, native_reasoning)
+    return Prompt(
+        messages=(Message("system", system), Message("user", item.text)),
+        prefill='{"violation": ' if policy.output is OutputFormat.JSON else "",
+        candidates=tuple(label.name for label in policy.labels),
+        effort=Effort(effort),
+        schema=answer_schema(policy) if policy.output is OutputFormat.JSON else None,
+        grammar=None if policy.output is OutputFormat.JSON else answer_grammar(policy),
+        native_reasoning=native_reasoning,
+    )
+
+
+def format_block(policy: Policy, native_reasoning: bool) -> str:
+    """Magistrate's output-format reminder, appended after the policy text."""
+    rules = ", ".join(sorted(policy.rule_ids)) or "none"
+    if policy.output is OutputFormat.JSON:
+        return (
+            "## OUTPUT FORMAT\n"
+            "Reply with one JSON object on one line and nothing else, keys in this order: "
+            '{"violation": 0 or 1, "policy_category": the rule id that fits best or null, '
+            '"rule_ids": [every rule id that applies], "confidence": "low", "medium" or "high", '
+            f'"rationale": one sentence of at most {RATIONALE_MAX_WORDS} words}}.\n'
+            f"Valid rule ids: {rules}.\n"
+        )
+    answers = " or ".join(label.name for label in policy.labels)
+    if native_reasoning:
+        return f"## OUTPUT FORMAT\nReply with exactly one of: {answers}. No other text.\n"
+    return (
+        "## OUTPUT FORMAT\n"
+        f"First line: exactly one of {answers}.\n"
+        f"Second line: `Rationale:` then one sentence of at most {RATIONALE_MAX_WORDS} words "
+        "that names the rule ids that apply.\n"
+        f"Valid rule ids: {rules}.\n"
+    )
+
+
+def answer_schema(policy: Policy) -> dict[str, Any]:
+    """JSON schema of a valid JSON answer: rule ids limited to those the policy defines."""
+    known = sorted(policy.known_rule_ids)
+    rule: dict[str, Any] = {"type": "string", "enum": known} if known else {"type": "string"}
+    return {
+        "type": "object",
+        "properties": {
+            "violation": {"type": "integer", "enum": [0, 1]},
+            "policy_category": {"anyOf": [rule, {"type": "null"}]},
+            "rule_ids": {"type": "array", "items": rule, "maxItems": 8},
+            "confidence": {"type": "string", "enum": ["low", "medium", "high"]},
+            "rationale": {"type": "string", "maxLength": RATIONALE_MAX_CHARS},
+        },
+        "required": ["violation", "policy_category", "rule_ids", "confidence", "rationale"],
+        "additionalProperties": False,
+    }
+
+
+def answer_grammar(policy: Policy) -> str:
+    """GBNF grammar of a valid label-first answer: a label line, then a rationale line."""
+    labels = " | ".join(json.dumps(label.name) for label in policy.labels)
+    return (
+        f"root ::= label \"\\nRationale: \" text\n"
+        f"label ::= {labels}\n"
+        f"text ::= [^\\n]{{1,{RATIONALE_MAX_CHARS}}}\n"
+    )
