@@ -76,7 +76,11 @@ class Decision:
             "created_at": self.created_at.isoformat(),
             "item_id": self.item_id,
             "item_hash": self.item_hash,
-            "policy": {"id": self.policy_id, "version": self.policy_version, "hash": self.policy_hash},
+            "policy": {
+                "id": self.policy_id,
+                "version": self.policy_version,
+                "hash": self.policy_hash,
+            },
             "backend": self.backend,
             "model": self.model,
             "effort": self.effort,

@@ -131,10 +131,16 @@ class Classifier:
                 usage = usage + retry.usage
                 completion, verdict = retry, self._verdict(retry)
         except (BackendError, InputError) as exc:
-            return self._decision(item, failed(ParseStatus.ERROR, detail=str(exc)), options,
-                                  time.perf_counter() - start, error=str(exc))
-        return self._decision(item, verdict, options, time.perf_counter() - start,
-                              completion=completion, usage=usage)
+            return self._decision(
+                item,
+                failed(ParseStatus.ERROR, detail=str(exc)),
+                options,
+                time.perf_counter() - start,
+                error=str(exc),
+            )
+        return self._decision(
+            item, verdict, options, time.perf_counter() - start, completion=completion, usage=usage
+        )
 
     async def classify_many(
         self,
@@ -257,4 +263,3 @@ def _enum(kind: type[_E], value: _E | str, what: str) -> _E:
     except ValueError:
         allowed = ", ".join(m.value for m in kind)
         raise ConfigError(f"Unknown {what} {value!r}; use one of {allowed}.") from None
-

@@ -72,8 +72,9 @@ class Item:
         where = f"item {id!r}" if id is not None else "the content"
         if isinstance(content, bytes):
             content = decode_content(content, where=where)
+        turns: tuple[Turn, ...] = ()
         if isinstance(content, str):
-            text, turns = content, ()
+            text = content
         else:
             turns = tuple(_turn(t, where) for t in content)
             if not turns:
@@ -89,9 +90,7 @@ def _turn(turn: Turn | Mapping[str, str], where: str) -> Turn:
     else:
         role, content = str(turn.get("role", "")), turn.get("content", "")
     if role not in _ROLES:
-        raise InputError(
-            f"{where}: a turn has role {role!r}; use one of {', '.join(_ROLES)}."
-        )
+        raise InputError(f"{where}: a turn has role {role!r}; use one of {', '.join(_ROLES)}.")
     if not isinstance(content, str):
         raise InputError(f"{where}: every turn's content must be text.")
     return Turn(role, content)
@@ -127,7 +126,9 @@ def decode_content(data: bytes, *, where: str = "the content") -> str:
         ) from None
 
 
-def check_text(text: str, *, where: str = "the content", max_chars: int = DEFAULT_MAX_CHARS) -> None:
+def check_text(
+    text: str, *, where: str = "the content", max_chars: int = DEFAULT_MAX_CHARS
+) -> None:
     """Refuse text that cannot be classified.
 
     Raises:
@@ -150,9 +151,7 @@ def check_text(text: str, *, where: str = "the content", max_chars: int = DEFAUL
             f"{where} holds characters that are not valid Unicode (unpaired surrogates, "
             "usually from undecodable bytes). Decode the source as UTF-8 first."
         ) from None
-    controls = sum(
-        1 for ch in text if unicodedata.category(ch) == "Cc" and ch not in "\n\r\t\f\v"
-    )
+    controls = sum(1 for ch in text if unicodedata.category(ch) == "Cc" and ch not in "\n\r\t\f\v")
     if controls > max(8, len(text) // 10):
         raise InputError(
             f"{where} is mostly control characters ({controls}), so it looks binary, not text."
@@ -180,7 +179,9 @@ def item_from_record(record: Mapping[str, Any], *, index: int, max_chars: int) -
     )
 
 
-def parse_jsonl(data: str, *, max_chars: int = DEFAULT_MAX_CHARS, where: str = "input") -> list[Item]:
+def parse_jsonl(
+    data: str, *, max_chars: int = DEFAULT_MAX_CHARS, where: str = "input"
+) -> list[Item]:
     """Items from JSON Lines text, one object per non-blank line.
 
     Raises:

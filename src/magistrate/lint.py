@@ -23,8 +23,20 @@ from magistrate.verdict import parse_verdict
 
 TOKEN_RANGE = (400, 600)
 VAGUE_WORDS = (
-    "generally", "usually", "typically", "often", "sometimes", "normally", "mostly",
-    "probably", "possibly", "perhaps", "somewhat", "arguably", "as appropriate", "etc",
+    "generally",
+    "usually",
+    "typically",
+    "often",
+    "sometimes",
+    "normally",
+    "mostly",
+    "probably",
+    "possibly",
+    "perhaps",
+    "somewhat",
+    "arguably",
+    "as appropriate",
+    "etc",
 )
 _VAGUE_RE = re.compile(r"\b(" + "|".join(re.escape(w) for w in VAGUE_WORDS) + r")\b", re.I)
 _FORMAT_CUE = re.compile(
@@ -61,8 +73,12 @@ class Finding:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
-        return {"code": self.code, "severity": self.severity.value, "line": self.line,
-                "message": self.message}
+        return {
+            "code": self.code,
+            "severity": self.severity.value,
+            "line": self.line,
+            "message": self.message,
+        }
 
 
 @functools.cache
@@ -110,17 +126,25 @@ def _output_format(policy: Policy) -> list[Finding]:
     n = max(len(lines), 1)
     findings = []
     if not any(i < n * _EDGE_SHARE for i in hits):
-        findings.append(Finding(
-            "format-not-at-top", Severity.WARNING, policy.body_start_line,
-            "The answer format is not stated near the top. Say exactly how to answer "
-            "(e.g. 'Answer with 0 or 1') in the INSTRUCTIONS section.",
-        ))
+        findings.append(
+            Finding(
+                "format-not-at-top",
+                Severity.WARNING,
+                policy.body_start_line,
+                "The answer format is not stated near the top. Say exactly how to answer "
+                "(e.g. 'Answer with 0 or 1') in the INSTRUCTIONS section.",
+            )
+        )
     if not any(i >= n * (1 - _EDGE_SHARE) for i in hits):
-        findings.append(Finding(
-            "format-not-at-bottom", Severity.WARNING, policy.body_start_line + n - 1,
-            "The answer format is not repeated near the bottom. Restate it after the "
-            "examples, where the model reads last.",
-        ))
+        findings.append(
+            Finding(
+                "format-not-at-bottom",
+                Severity.WARNING,
+                policy.body_start_line + n - 1,
+                "The answer format is not repeated near the bottom. Restate it after the "
+                "examples, where the model reads last.",
+            )
+        )
     return findings
 
 
@@ -134,30 +158,46 @@ def _examples(policy: Policy) -> list[Finding]:
         if verdict.ok and verdict.label is not None:
             seen.add(verdict.label)
             for rule_id in verdict.unknown_rule_ids:
-                findings.append(Finding(
-                    "undefined-rule", Severity.ERROR, example.line,
-                    f"The example cites rule {rule_id}, which the policy never defines.",
-                ))
+                findings.append(
+                    Finding(
+                        "undefined-rule",
+                        Severity.ERROR,
+                        example.line,
+                        f"The example cites rule {rule_id}, which the policy never defines.",
+                    )
+                )
         else:
-            findings.append(Finding(
-                "undefined-label", Severity.ERROR, example.line,
-                f"The example's answer {example.answer[:60]!r} is not a label the policy "
-                f"defines ({', '.join(lab.name for lab in policy.labels)}).",
-            ))
+            findings.append(
+                Finding(
+                    "undefined-label",
+                    Severity.ERROR,
+                    example.line,
+                    f"The example's answer {example.answer[:60]!r} is not a label the policy "
+                    f"defines ({', '.join(lab.name for lab in policy.labels)}).",
+                )
+            )
     section = policy.section(SectionKind.EXAMPLES)
     line = section.start_line if section else 0
     for label in policy.labels:
         if label.name not in seen:
-            findings.append(Finding(
-                "label-without-example", Severity.WARNING, line,
-                f"No example is labelled {label.name!r}. Add one near the decision boundary.",
-            ))
+            findings.append(
+                Finding(
+                    "label-without-example",
+                    Severity.WARNING,
+                    line,
+                    f"No example is labelled {label.name!r}. Add one near the decision boundary.",
+                )
+            )
     if not policy.examples:
-        findings.append(Finding(
-            "no-examples-found", Severity.WARNING, line,
-            "The EXAMPLES section has no answers Magistrate can read. Write each example as "
-            "'Content: ...' then 'Answer: ...', or 'text -> label'.",
-        ))
+        findings.append(
+            Finding(
+                "no-examples-found",
+                Severity.WARNING,
+                line,
+                "The EXAMPLES section has no answers Magistrate can read. Write each example as "
+                "'Content: ...' then 'Answer: ...', or 'text -> label'.",
+            )
+        )
     return findings
 
 
@@ -169,10 +209,14 @@ def _vague_words(policy: Policy) -> list[Finding]:
         if examples and examples.start_line < line_no <= examples.end_line:
             continue  # example content is quoted material, not policy wording
         for match in _VAGUE_RE.finditer(line):
-            findings.append(Finding(
-                "vague-word", Severity.WARNING, line_no,
-                f"Vague word {match.group(0)!r}. Say exactly when the rule applies.",
-            ))
+            findings.append(
+                Finding(
+                    "vague-word",
+                    Severity.WARNING,
+                    line_no,
+                    f"Vague word {match.group(0)!r}. Say exactly when the rule applies.",
+                )
+            )
     return findings
 
 
@@ -182,11 +226,15 @@ def _length(policy: Policy) -> list[Finding]:
     if low <= tokens <= high:
         return [Finding("length", Severity.INFO, 0, f"{tokens} tokens (o200k_base).")]
     side = "short" if tokens < low else "long"
-    return [Finding(
-        "length", Severity.WARNING, 0,
-        f"{tokens} tokens (o200k_base), outside the {low}-{high} the guide found best; this "
-        f"policy may be too {side}. Measure before changing it: this is guidance, not a rule.",
-    )]
+    return [
+        Finding(
+            "length",
+            Severity.WARNING,
+            0,
+            f"{tokens} tokens (o200k_base), outside the {low}-{high} the guide found best; this "
+            f"policy may be too {side}. Measure before changing it: this is guidance, not a rule.",
+        )
+    ]
 
 
 def output_summary(policy: Policy) -> str:

@@ -399,9 +399,7 @@ def classify_heading(title: str) -> SectionKind:
 
 
 def _find_sections(lines: list[str], offset: int) -> list[Section]:
-    heads = [
-        (i, m) for i, line in enumerate(lines) if (m := _HEADING_RE.match(line)) is not None
-    ]
+    heads = [(i, m) for i, line in enumerate(lines) if (m := _HEADING_RE.match(line)) is not None]
     sections: list[Section] = []
     for n, (i, match) in enumerate(heads):
         level = len(match["hashes"])

@@ -166,7 +166,7 @@ def answer_grammar(policy: Policy) -> str:
     """GBNF grammar of a valid label-first answer: a label line, then a rationale line."""
     labels = " | ".join(json.dumps(label.name) for label in policy.labels)
     return (
-        f"root ::= label \"\\nRationale: \" text\n"
+        f'root ::= label "\\nRationale: " text\n'
         f"label ::= {labels}\n"
         f"text ::= [^\\n]{{1,{RATIONALE_MAX_CHARS}}}\n"
     )

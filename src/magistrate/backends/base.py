@@ -142,6 +142,7 @@ class Backend(ABC):
 
     async def aclose(self) -> None:
         """Release resources. The default does nothing."""
+        return None
 
     @property
     def name(self) -> str:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -45,8 +46,8 @@ if TYPE_CHECKING:
 GGUF_MAGIC = b"GGUF"
 EMBEDDED_NAMES = ("embedded", "default", "")
 INSTALL_HINT = (
-    "Install it with `make demo`, or by hand: CMAKE_ARGS=\"-DGGML_NATIVE=OFF -DGGML_AVX=ON "
-    "-DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON\" pip install --no-cache-dir "
+    'Install it with `make demo`, or by hand: CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON '
+    '-DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON" pip install --no-cache-dir '
     "'magistrate[embedded]' (the default native build can crash on some CPUs)."
 )
 _CHATML = (
@@ -81,13 +82,21 @@ def resolve_model_path(name: str | Path | None) -> Path:
     return path
 
 
+def _usable_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
 class LlamaCppBackend(Backend):
     """A GGUF model run in this process by llama.cpp.
 
     Args:
         model: Path to a .gguf file, or None / "embedded" for the embedded default.
         n_ctx: Context size in tokens (policy + content + answer must fit).
-        n_threads: CPU threads; None lets llama.cpp choose.
+        n_threads: CPU threads; None means every core this process may use (llama-cpp-python's
+            own default is half of them, which halves prompt speed on small machines).
         n_batch: Prompt tokens evaluated per batch.
         verbose: Let llama.cpp print its own logs.
     """
@@ -116,7 +125,8 @@ class LlamaCppBackend(Backend):
             self._llm = llama_cpp.Llama(
                 model_path=str(path),
                 n_ctx=n_ctx,
-                n_threads=n_threads,
+                n_threads=n_threads or _usable_cores(),
+                n_threads_batch=n_threads or _usable_cores(),
                 n_batch=n_batch,
                 logits_all=False,
                 verbose=verbose,
@@ -148,7 +158,9 @@ class LlamaCppBackend(Backend):
             token_id = meta.get(key)
             if token_id is None:
                 return ""
-            return str(self._llm.detokenize([int(token_id)], special=True).decode("utf-8", "replace"))
+            return str(
+                self._llm.detokenize([int(token_id)], special=True).decode("utf-8", "replace")
+            )
 
         return Jinja2ChatFormatter(
             template,
@@ -275,7 +287,7 @@ class LlamaCppBackend(Backend):
         return self._candidate_ids[candidates]
 
     def _grammar(self, prompt: Prompt) -> Any:
-        from llama_cpp import LlamaGrammar
+        from llama_cpp.llama_grammar import LlamaGrammar
 
         if prompt.schema is not None:
             key = json.dumps(prompt.schema, sort_keys=True)

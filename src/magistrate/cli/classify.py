@@ -34,7 +34,8 @@ def classify(
     file: Annotated[
         Path | None,
         typer.Option(
-            "--file", "-f",
+            "--file",
+            "-f",
             help="Many items: a .jsonl file ({'text', 'id', 'label'} per line) or a text file "
             "with one item per line.",
         ),
@@ -63,7 +64,12 @@ def classify(
     """
     items = _read_items(text, file, max_chars)
     classifier = Classifier(
-        policy, model, effort=effort, mode=mode, max_chars=max_chars, timeout_s=timeout,
+        policy,
+        model,
+        effort=effort,
+        mode=mode,
+        max_chars=max_chars,
+        timeout_s=timeout,
         fallback=fallback,
     )
     started = time.perf_counter()
@@ -83,7 +89,9 @@ def _read_items(text: str | None, file: Path | None, max_chars: int) -> list[Ite
     if file is not None:
         return _read_file(file, max_chars)
     if text == "-":
-        return [Item.of(decode_content(sys.stdin.buffer.read(), where="stdin"), max_chars=max_chars)]
+        return [
+            Item.of(decode_content(sys.stdin.buffer.read(), where="stdin"), max_chars=max_chars)
+        ]
     return [Item.of(text or "", max_chars=max_chars)]
 
 
@@ -118,8 +126,10 @@ def _run(classifier: Classifier, items: list[Item], as_json: bool) -> list[Decis
         show(decision)
         return [decision]
     columns = (
-        TextColumn("[progress.description]{task.description}"), BarColumn(),
-        MofNCompleteColumn(), TimeRemainingColumn(),
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
     )
     with Progress(*columns, console=err_console, transient=True) as progress:
         task = progress.add_task("classifying", total=len(items))

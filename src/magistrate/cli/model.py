@@ -9,15 +9,21 @@ import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
 from magistrate.cli.app import app, err_console, out_console
-from magistrate.embedded import QWEN_CODER_1_5B, ensure_embedded_model, model_path, verify_model_file
+from magistrate.embedded import (
+    QWEN_CODER_1_5B,
+    ensure_embedded_model,
+    model_path,
+    verify_model_file,
+)
 
 model_app = typer.Typer(help="Install and verify the embedded model.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
 
 
 def _progress(description: str) -> Progress:
-    return Progress(TextColumn(description), BarColumn(), DownloadColumn(),
-                    console=err_console, transient=True)
+    return Progress(
+        TextColumn(description), BarColumn(), DownloadColumn(), console=err_console, transient=True
+    )
 
 
 @model_app.command("install")
@@ -56,10 +62,15 @@ def verify(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         raise ModelError(f"{target} does not exist yet. Run `magistrate model install`.")
     with _progress("hashing") as bar:
         task = bar.add_task("hash", total=None)
-        verify_model_file(target, QWEN_CODER_1_5B, full=True,
-                          progress=lambda d, t: bar.update(task, completed=d, total=t))
+        verify_model_file(
+            target,
+            QWEN_CODER_1_5B,
+            full=True,
+            progress=lambda d, t: bar.update(task, completed=d, total=t),
+        )
     if as_json:
-        out_console.out(json.dumps({"path": str(target), "sha256": QWEN_CODER_1_5B.sha256,
-                                    "ok": True}))
+        out_console.out(
+            json.dumps({"path": str(target), "sha256": QWEN_CODER_1_5B.sha256, "ok": True})
+        )
     else:
         out_console.print(f"OK  {target}  sha256 {QWEN_CODER_1_5B.sha256}")

@@ -29,8 +29,11 @@ def lint(
     policy = load_policy(source)
     findings = lint_policy(policy)
     if as_json:
-        out_console.out(json.dumps({"policy": _identity(policy),
-                                    "findings": [f.to_dict() for f in findings]}, indent=2))
+        out_console.out(
+            json.dumps(
+                {"policy": _identity(policy), "findings": [f.to_dict() for f in findings]}, indent=2
+            )
+        )
     else:
         where = policy.source or policy.id
         for f in findings:
@@ -62,8 +65,9 @@ def show(
     out_console.print(f"tokens  {data['tokens']} (o200k_base)   threshold {policy.threshold}")
     table = Table("label", "violation", "description", title="Labels", title_justify="left")
     for label in policy.labels:
-        table.add_row(escape(label.name), "yes" if label.violation else "no",
-                      escape(label.description))
+        table.add_row(
+            escape(label.name), "yes" if label.violation else "no", escape(label.description)
+        )
     out_console.print(table)
     table = Table("line", "kind", "heading", title="Sections", title_justify="left")
     for s in policy.sections:
@@ -81,13 +85,18 @@ def list_policies() -> None:
     """List the bundled policies."""
     for name in builtin_policy_names():
         policy = load_policy(name)
-        out_console.print(f"{name:<16} {policy.version:<10} {policy.short_hash}  "
-                          f"{escape(policy.title)}")
+        out_console.print(
+            f"{name:<16} {policy.version:<10} {policy.short_hash}  {escape(policy.title)}"
+        )
 
 
 def _identity(policy: Policy) -> dict[str, Any]:
-    return {"id": policy.id, "version": policy.version, "hash": policy.hash,
-            "source": policy.source}
+    return {
+        "id": policy.id,
+        "version": policy.version,
+        "hash": policy.hash,
+        "source": policy.source,
+    }
 
 
 def _structure(policy: Policy) -> dict[str, Any]:
@@ -97,11 +106,21 @@ def _structure(policy: Policy) -> dict[str, Any]:
         "output": policy.output.value,
         "threshold": policy.threshold,
         "tokens": count_tokens(policy.body),
-        "labels": [{"name": lab.name, "violation": lab.violation,
-                    "description": lab.description} for lab in policy.labels],
-        "sections": [{"kind": s.kind.value, "title": s.title, "start_line": s.start_line,
-                      "end_line": s.end_line} for s in policy.sections],
+        "labels": [
+            {"name": lab.name, "violation": lab.violation, "description": lab.description}
+            for lab in policy.labels
+        ],
+        "sections": [
+            {
+                "kind": s.kind.value,
+                "title": s.title,
+                "start_line": s.start_line,
+                "end_line": s.end_line,
+            }
+            for s in policy.sections
+        ],
         "rules": [{"id": r.id, "line": r.line, "text": r.text} for r in policy.rules],
-        "examples": [{"line": e.line, "answer": e.answer, "content": e.content}
-                     for e in policy.examples],
+        "examples": [
+            {"line": e.line, "answer": e.answer, "content": e.content} for e in policy.examples
+        ],
     }

@@ -1,0 +1,70 @@
+"""Magistrate: apply written policies to content with reasoning language models.
+
+Example:
+    >>> from magistrate import classify
+    >>> decision = classify("WIN a FREE iPhone!!!", policy="spam")
+    >>> decision.verdict.violation, decision.verdict.rule_ids
+    (True, ('SP3.a', ...))
+"""
+
+from magistrate.backends import DEFAULT_MODEL, get_backend
+from magistrate.backends.base import Backend, Capabilities, Completion, CompletionOptions, Usage
+from magistrate.decision import Decision
+from magistrate.engine import Classifier, classify
+from magistrate.errors import (
+    BackendError,
+    BackendTimeout,
+    BackendUnavailable,
+    ConfigError,
+    InputError,
+    MagistrateError,
+    MissingDependency,
+    ModelError,
+    PolicyError,
+)
+from magistrate.item import Item, Turn
+from magistrate.lint import Finding, lint_policy
+from magistrate.policy import Label, OutputFormat, Policy, load_policy, parse_policy
+from magistrate.prompt import Effort, Mode, Prompt, build_prompt
+from magistrate.verdict import ParseStatus, Verdict, parse_verdict
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "Backend",
+    "BackendError",
+    "BackendTimeout",
+    "BackendUnavailable",
+    "Capabilities",
+    "Classifier",
+    "Completion",
+    "CompletionOptions",
+    "ConfigError",
+    "Decision",
+    "Effort",
+    "Finding",
+    "InputError",
+    "Item",
+    "Label",
+    "MagistrateError",
+    "MissingDependency",
+    "Mode",
+    "ModelError",
+    "OutputFormat",
+    "ParseStatus",
+    "Policy",
+    "PolicyError",
+    "Prompt",
+    "Turn",
+    "Usage",
+    "Verdict",
+    "__version__",
+    "build_prompt",
+    "classify",
+    "get_backend",
+    "lint_policy",
+    "load_policy",
+    "parse_policy",
+    "parse_verdict",
+]
