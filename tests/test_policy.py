@@ -68,8 +68,11 @@ def test_severity_labels(severity):
             "\n---\n# P\n",
             "non-violating",
         ),
-        ("---\noutput: json\nlabels: [{name: A, violation: true}, {name: B, violation: false}]"
-         "\n---\n# P\n", "must be '0' and '1'"),
+        (
+            "---\noutput: json\nlabels: [{name: A, violation: true}, {name: B, violation: false}]"
+            "\n---\n# P\n",
+            "must be '0' and '1'",
+        ),
         ("# P\x00\n", "NUL"),
     ],
 )

@@ -109,6 +109,7 @@ def test_scores(spam, severity):
 # Property-based tests: whatever the model writes, the parser never crashes and never
 # reports "safe" without a readable answer.
 
+
 @settings(max_examples=300, deadline=None)
 @given(st.text(max_size=400))
 def test_any_text_gives_a_verdict_or_a_status(spam, text):

@@ -56,6 +56,9 @@ class Classifier:
         max_chars: Size limit for one item's content.
         timeout_s: Per-item time limit; past it the decision is an error, not a label.
         fallback: Retry with constrained decoding when a free answer does not parse.
+        calibrated: On backends that expose label scores, choose the label by the policy's
+            threshold (front matter `threshold`) rather than by the raw most-likely token, in
+            both modes; the model then writes its rule ids and rationale for that label.
         max_tokens: Answer budget; default from the effort.
         concurrency: Items in flight at once; default is what the backend allows.
     """
@@ -70,6 +73,7 @@ class Classifier:
         max_chars: int = DEFAULT_MAX_CHARS,
         timeout_s: float | None = None,
         fallback: bool = True,
+        calibrated: bool = True,
         max_tokens: int | None = None,
         concurrency: int | None = None,
     ) -> None:
@@ -85,6 +89,7 @@ class Classifier:
         self.max_chars = max_chars
         self.timeout_s = timeout_s
         self.fallback = fallback and self.backend.capabilities.constrained
+        self.calibrated = calibrated and self.backend.capabilities.label_scores
         self.max_tokens = max_tokens or MAX_TOKENS_BY_EFFORT[self.effort]
         self.concurrency = max(1, concurrency or self.backend.max_concurrency)
 
@@ -105,10 +110,19 @@ class Classifier:
 
     def options(self, *, constrained: bool = False) -> CompletionOptions:
         """Completion options for this classifier's mode and effort."""
+        threshold = self.policy.threshold if self.calibrated else None
         if self.mode is Mode.SCORE:
-            return CompletionOptions(max_tokens=1, constrain_label=True, timeout_s=self.timeout_s)
+            return CompletionOptions(
+                max_tokens=1,
+                constrain_label=True,
+                label_threshold=threshold,
+                timeout_s=self.timeout_s,
+            )
         return CompletionOptions(
-            max_tokens=self.max_tokens, constrained=constrained, timeout_s=self.timeout_s
+            max_tokens=self.max_tokens,
+            constrained=constrained,
+            label_threshold=threshold,
+            timeout_s=self.timeout_s,
         )
 
     async def classify(self, content: str | bytes | Item, *, id: str | None = None) -> Decision:
@@ -221,7 +235,7 @@ class Classifier:
             model=completion.model if completion else self.backend.model,
             effort=self.effort.value,
             mode=self.mode.value,
-            options=options.to_dict() | {"threshold": self.policy.threshold},
+            options=options.to_dict(),
             verdict=verdict,
             reasoning=completion.reasoning if completion else None,
             usage=usage or Usage(),

@@ -66,6 +66,7 @@ class Prompt:
             raw prompt; where the label token is read in score mode.
         candidates: The label strings that may follow `prefill`; their first tokens are
             compared in score mode.
+        violating: For each candidate, whether it is a violating label.
         schema: JSON schema of a valid answer, for constrained decoding (JSON policies).
         grammar: GBNF grammar of a valid answer, for constrained decoding (other formats).
         effort: Reasoning effort, for backends that take one.
@@ -76,6 +77,7 @@ class Prompt:
     messages: tuple[Message, ...]
     prefill: str
     candidates: tuple[str, ...]
+    violating: tuple[bool, ...]
     effort: Effort
     schema: dict[str, Any] | None = field(default=None, compare=False)
     grammar: str | None = None
@@ -113,6 +115,7 @@ def build_prompt(
         messages=(Message("system", system), Message("user", item.text)),
         prefill='{"violation": ' if policy.output is OutputFormat.JSON else "",
         candidates=tuple(label.name for label in policy.labels),
+        violating=tuple(label.violation for label in policy.labels),
         effort=Effort(effort),
         schema=answer_schema(policy) if policy.output is OutputFormat.JSON else None,
         grammar=None if policy.output is OutputFormat.JSON else answer_grammar(policy),

@@ -214,7 +214,9 @@ def _parse_label(answer: str, policy: Policy) -> Verdict:
         return failed(status, detail=f"answer starts with {token[:40]!r}, not a policy label")
     match = _RATIONALE_RE.search(answer)
     rationale = match.group(1).strip() if match else None
-    known, unknown = _check_rule_ids(find_rule_ids(rationale or ""), policy)
+    # Rule ids cited anywhere after the label: "1 (SP2.a)" or a rationale line.
+    after_label = answer.split(label.name, 1)[-1] if label.name in answer else answer
+    known, unknown = _check_rule_ids(find_rule_ids(after_label), policy)
     return Verdict(
         status=ParseStatus.OK,
         label=label.name,

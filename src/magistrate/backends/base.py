@@ -80,6 +80,10 @@ class CompletionOptions:
         seed: Sampling seed.
         scores: Return label probabilities at the label position.
         constrain_label: Restrict the first token to the candidates (score mode).
+        label_threshold: Choose the label token by the calibrated score instead of by the
+            raw argmax: the best violating label when the violating probability is at least
+            this, else the best non-violating one. What follows is generated as usual, so
+            the rationale is written for the chosen label.
         constrained: Decode under the prompt's JSON schema or grammar (no prefill).
         timeout_s: Give up after this many seconds (backends that can).
     """
@@ -90,6 +94,7 @@ class CompletionOptions:
     seed: int = 0
     scores: bool = True
     constrain_label: bool = False
+    label_threshold: float | None = None
     constrained: bool = False
     timeout_s: float | None = None
 
@@ -101,6 +106,7 @@ class CompletionOptions:
             "top_p": self.top_p,
             "seed": self.seed,
             "constrained": self.constrained,
+            "label_threshold": self.label_threshold,
         }
 
 

@@ -201,7 +201,12 @@ class LlamaCppBackend(Backend):
                 f"Score mode needs labels whose first tokens differ; {list(prompt.candidates)} "
                 "do not on this model. Use --mode reason, or rename the labels."
             )
-        probe = _LabelProbe(ids, constrain=options.constrain_label)
+        probe = _LabelProbe(
+            ids,
+            prompt.violating,
+            constrain=options.constrain_label,
+            threshold=options.label_threshold if use_prefill else None,
+        )
         deadline = time.monotonic() + options.timeout_s if options.timeout_s else None
         with self._lock:
             cached = self._cached_prefix(tokens)
@@ -310,12 +315,22 @@ class _LabelProbe:
     """Logits processor: reads label probabilities at the first generated position.
 
     With `constrain`, it also masks every non-label token there, so the generated token is a
-    label (score mode).
+    label (score mode). With `threshold`, the label token is the best one on the side of the
+    threshold that the violating probability falls on (calibrated labels in both modes).
     """
 
-    def __init__(self, ids: list[int] | None, *, constrain: bool) -> None:
+    def __init__(
+        self,
+        ids: list[int] | None,
+        violating: Sequence[bool],
+        *,
+        constrain: bool,
+        threshold: float | None,
+    ) -> None:
         self.ids = ids
+        self.violating = list(violating)
         self.constrain = constrain
+        self.threshold = threshold
         self.raw: list[float] | None = None
         self.mass: float | None = None
         self._seen = False
@@ -336,6 +351,16 @@ class _LabelProbe:
         log_z = top + math.log(float(np.sum(np.exp(logits - top))))
         self.raw = [math.exp(float(logits[i]) - log_z) for i in self.ids]
         self.mass = sum(self.raw)
+        if self.threshold is not None and self.mass > 0:
+            score = sum(p for p, bad in zip(self.raw, self.violating, strict=True) if bad)
+            side = score / self.mass >= self.threshold
+            pick = max(
+                (i for i, bad in enumerate(self.violating) if bad == side),
+                key=lambda i: self.raw[i] if self.raw else 0.0,
+            )
+            masked = np.full_like(logits, -np.inf)
+            masked[self.ids[pick]] = 0.0
+            return masked
         if not self.constrain:
             return logits
         masked = np.full_like(logits, -np.inf)

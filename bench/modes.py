@@ -1,0 +1,46 @@
+"""Items per second in score mode vs reason mode, on the same items, interleaved.
+
+python bench/modes.py [--items 8]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from _common import mean, parse_args, report, setup
+
+from magistrate.engine import Classifier
+
+
+def main() -> None:
+    args = parse_args(__doc__ or "", default_items=8)
+    backend, policy, items = setup(args)
+    score = Classifier(policy, backend, mode="score")
+    reason = Classifier(policy, backend, mode="reason")
+    asyncio.run(score.classify(items[0]))  # warm the policy prefix
+    t_score, t_reason, agree = [], [], 0
+    for item in items[1 : args.items + 1]:
+        start = time.perf_counter()
+        s = asyncio.run(score.classify(item))
+        t_score.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        r = asyncio.run(reason.classify(item))
+        t_reason.append(time.perf_counter() - start)
+        agree += s.violation is r.violation
+    ratio = mean(t_reason) / mean(t_score)
+    report(
+        "modes",
+        {
+            "items/s, score mode": 1 / mean(t_score),
+            "items/s, reason mode": 1 / mean(t_reason),
+            "labels agreeing between modes (count)": agree,
+        },
+        ratio,
+        ">= 5.0x",
+        ratio >= 5.0,
+    )
+
+
+if __name__ == "__main__":
+    main()

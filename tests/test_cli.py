@@ -1,0 +1,108 @@
+"""The CLI as a user runs it: a real process, real files, the real embedded model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+IPHONE = "WIN a FREE iPhone!!! Click http://bit.ly/x to claim"
+
+
+def cli(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "magistrate", *args],
+        input=stdin,
+        capture_output=True,
+        env=env,
+        cwd=ROOT,
+        timeout=600,
+    )
+    return subprocess.CompletedProcess(
+        proc.args, proc.returncode, proc.stdout.decode(), proc.stderr.decode()
+    )
+
+
+@pytest.mark.model
+def test_classify_reports_a_violation_with_a_real_rule(spam):
+    result = cli("classify", "--policy", "src/magistrate/policies/spam.md", IPHONE)
+    assert result.returncode == 0, result.stderr
+    assert "VIOLATION" in result.stdout
+    rules = result.stdout.split("rules=")[1].split()[0].split(",")
+    assert set(rules) & spam.rule_ids
+
+
+@pytest.mark.model
+def test_score_mode_json_gives_a_score(spam):
+    result = cli("classify", "--policy", "spam", "--mode", "score", "--json", IPHONE)
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert 0.0 <= record["score"] <= 1.0
+    assert record["violation"] is True and record["status"] == "ok"
+    assert record["policy"]["hash"] == spam.hash and record["mode"] == "score"
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "needle"),
+    [
+        (("classify", "   "), None, "empty"),
+        (("classify", "-"), b"\xff\xfe\xfa not utf-8", "not valid UTF-8"),
+        (("classify", "-"), b"\x00\x01binary", "NUL"),
+        (("classify", "--max-chars", "10", "this text is far too long"), None, "limit is 10"),
+        (("classify", "--policy", "no/such/policy.md", "hi"), None, "does not exist"),
+        (("classify", "--file", "no-such-file.jsonl"), None, "does not exist"),
+        (("classify",), None, "exactly one"),
+        (("classify", "--model", "llamacpp/missing.gguf", "hi"), None, "does not exist"),
+        (("classify", "--model", "warp/drive", "hi"), None, "Unknown model"),
+        (("policy", "show", "missing.md"), None, "does not exist"),
+    ],
+)
+def test_user_errors_exit_1_with_a_fix(args, stdin, needle):
+    result = cli(*args, stdin=stdin)
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert needle in " ".join(result.stderr.split()), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_broken_policy_file(tmp_path: Path):
+    bad = tmp_path / "bad.md"
+    bad.write_text("---\nid: [oops\n---\n# P\n", encoding="utf-8")
+    result = cli("classify", "--policy", str(bad), "hello")
+    assert result.returncode == 1 and "front matter is broken" in result.stderr
+    bad.write_bytes(b"\xff\xfe# P")
+    result = cli("policy", "lint", str(bad))
+    assert result.returncode == 1 and "not valid UTF-8" in result.stderr
+
+
+def test_jsonl_with_a_bad_line_fails_before_classifying(tmp_path: Path):
+    data = tmp_path / "items.jsonl"
+    data.write_text('{"text": "fine"}\n{"text": ""}\n', encoding="utf-8")
+    result = cli("classify", "--file", str(data))
+    assert result.returncode == 1 and "line 2" in result.stderr
+
+
+def test_usage_error_exits_2():
+    assert cli("classify", "--mode", "guess", "x").returncode == 2
+
+
+def test_policy_show_and_lint_json(spam):
+    shown = json.loads(cli("policy", "show", "spam", "--json").stdout)
+    assert shown["hash"] == spam.hash and shown["output"] == "json"
+    assert {r["id"] for r in shown["rules"]} == set(spam.rule_ids)
+    linted = cli("policy", "lint", "spam", "--json")
+    assert linted.returncode == 0
+    assert all(f["severity"] != "error" for f in json.loads(linted.stdout)["findings"])
+
+
+def test_lint_fails_on_errors(tmp_path: Path):
+    bad = tmp_path / "p.md"
+    bad.write_text("# P\n\n## EXAMPLES\nContent: x\nAnswer: MAYBE\n", encoding="utf-8")
+    result = cli("policy", "lint", str(bad))
+    assert result.returncode == 1 and "undefined-label" in result.stdout
+    assert f"{bad}:5" in result.stdout.replace("\n", "")

@@ -1,0 +1,105 @@
+"""Engine unit tests on the scripted mock backend (the only place it is used)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from magistrate.backends.mock import MockBackend, Scripted
+from magistrate.engine import Classifier
+from magistrate.errors import BackendError, BackendTimeout, ConfigError, InputError
+from magistrate.verdict import ParseStatus
+
+GOOD = '{"violation": 1, "policy_category": "SP3", "rule_ids": ["SP3.a"], "rationale": "lure"}'
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_decision_records_what_is_needed_to_audit(spam):
+    clf = Classifier(spam, MockBackend(script=[GOOD]))
+    d = run(clf.classify("Win a prize", id="m1"))
+    assert d.ok and d.violation is True and d.verdict.rule_ids == ("SP3.a", "SP3")
+    assert d.item_id == "m1" and len(d.item_hash) == 64 and len(d.id) == 26
+    assert d.policy_hash == spam.hash and d.policy_id == "spam"
+    assert d.backend == "mock/scripted" and d.mode == "reason" and d.effort == "medium"
+    assert d.options["label_threshold"] == spam.threshold
+    assert "Win a prize" not in str(d.to_dict())  # content is not part of the decision
+
+
+def test_unparseable_answer_falls_back_to_constrained_decoding(spam):
+    backend = MockBackend(script=["I think it is spam", GOOD])
+    d = run(Classifier(spam, backend).classify("x"))
+    assert d.ok and d.violation is True
+    assert [o.constrained for o in backend.options] == [False, True]
+    assert d.options["constrained"] is True
+    assert d.usage.prompt_tokens == 20  # both attempts counted
+
+
+def test_no_fallback_gives_a_status_never_safe(spam):
+    d = run(Classifier(spam, MockBackend(script=["maybe?"]), fallback=False).classify("x"))
+    assert d.verdict.status is ParseStatus.MALFORMED
+    assert d.violation is None and not d.ok
+
+
+def test_truncated_answer_after_fallback_is_truncated(spam):
+    cut = Scripted('{"violation": 0, "rationale": "long', finish_reason="length")
+    d = run(Classifier(spam, MockBackend(script=[cut, cut])).classify("x"))
+    assert d.verdict.status is ParseStatus.TRUNCATED and d.violation is None
+
+
+@pytest.mark.parametrize("error", [BackendError("boom"), BackendTimeout("slow")])
+def test_backend_failures_become_error_decisions(spam, error):
+    d = run(Classifier(spam, MockBackend(script=[error])).classify("x"))
+    assert d.verdict.status is ParseStatus.ERROR and d.violation is None
+    assert d.error == str(error)
+
+
+def test_engine_timeout_guard(spam):
+    backend = MockBackend(script=[GOOD], delay_s=3.0)
+    d = run(Classifier(spam, backend, timeout_s=0.1).classify("x"))
+    assert d.verdict.status is ParseStatus.ERROR and "did not answer" in (d.error or "")
+
+
+def test_score_mode_uses_label_probabilities(spam):
+    backend = MockBackend(script=[Scripted("1", label_probs={"0": 0.3, "1": 0.7})])
+    d = run(Classifier(spam, backend, mode="score").classify("x"))
+    assert d.ok and d.violation is True and d.verdict.score == pytest.approx(0.7)
+    assert backend.options[0].max_tokens == 1 and backend.options[0].constrain_label
+
+
+def test_score_mode_below_threshold_is_not_a_violation(spam):
+    backend = MockBackend(script=[Scripted("1", label_probs={"0": 0.45, "1": 0.55})])
+    d = run(Classifier(spam, backend, mode="score").classify("x"))
+    assert spam.threshold > 0.55 and d.violation is False and d.verdict.label == "0"
+
+
+def test_classify_many_keeps_order_and_bounds_concurrency(spam):
+    answers = [f'{{"violation": {i % 2}}}' for i in range(12)]
+    backend = MockBackend(script=answers, max_concurrency=3, delay_s=0.01)
+    seen = []
+    ds = run(
+        Classifier(spam, backend).classify_many(
+            [f"item {i}" for i in range(12)], on_decision=seen.append
+        )
+    )
+    assert [d.violation for d in ds] == [bool(i % 2) for i in range(12)]
+    assert backend.peak_in_flight == 3 and len(seen) == 12
+
+
+def test_bad_items_fail_the_batch_before_any_call(spam):
+    backend = MockBackend(script=[GOOD, GOOD])
+    with pytest.raises(InputError, match="empty"):
+        run(Classifier(spam, backend).classify_many(["fine", "   "]))
+    assert backend.prompts == []
+
+
+def test_bad_settings(spam):
+    with pytest.raises(ConfigError, match="effort"):
+        Classifier(spam, MockBackend(), effort="extreme")
+    with pytest.raises(ConfigError, match="mode"):
+        Classifier(spam, MockBackend(), mode="vibes")
+    with pytest.raises(ConfigError, match="Unknown model"):
+        Classifier(spam, "nosuch/model")
