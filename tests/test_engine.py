@@ -64,9 +64,9 @@ def test_engine_timeout_guard(spam):
 
 
 def test_score_mode_uses_label_probabilities(spam):
-    backend = MockBackend(script=[Scripted("1", label_probs={"0": 0.3, "1": 0.7})])
+    backend = MockBackend(script=[Scripted("1", label_probs={"0": 0.1, "1": 0.9})])
     d = run(Classifier(spam, backend, mode="score").classify("x"))
-    assert d.ok and d.violation is True and d.verdict.score == pytest.approx(0.7)
+    assert d.ok and d.violation is True and d.verdict.score == pytest.approx(0.9)
     assert backend.options[0].max_tokens == 1 and backend.options[0].constrain_label
 
 

@@ -23,7 +23,7 @@ def test_bundled_spam_policy_parses(spam):
         SectionKind.SAFE,
         SectionKind.EXAMPLES,
     ]
-    assert len(spam.examples) == 4
+    assert len(spam.examples) == 5
     assert [lab.name for lab in spam.labels] == ["0", "1"]
 
 

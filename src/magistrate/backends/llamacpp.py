@@ -24,6 +24,7 @@ import math
 import os
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -133,6 +134,9 @@ class LlamaCppBackend(Backend):
             )
         except (ValueError, RuntimeError) as exc:
             raise ModelError(f"llama.cpp could not load {path}: {exc}") from None
+        # Free the model before interpreter shutdown tears down the modules that
+        # llama-cpp-python's own __del__ needs (otherwise it prints a TypeError at exit).
+        self._finalizer = weakref.finalize(self, self._llm.close)
         self._lock = threading.Lock()
         self._format = self._chat_formatter()
         self._candidate_ids: dict[tuple[str, ...], list[int] | None] = {}
@@ -308,7 +312,7 @@ class LlamaCppBackend(Backend):
 
     async def aclose(self) -> None:
         """Free the model."""
-        self._llm.close()
+        self._finalizer()
 
 
 class _LabelProbe:
