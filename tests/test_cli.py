@@ -51,15 +51,15 @@ def test_score_mode_json_gives_a_score(spam):
 @pytest.mark.parametrize(
     ("args", "stdin", "needle"),
     [
-        (("classify", "   "), None, "empty"),
-        (("classify", "-"), b"\xff\xfe\xfa not utf-8", "not valid UTF-8"),
-        (("classify", "-"), b"\x00\x01binary", "NUL"),
-        (("classify", "--max-chars", "10", "this text is far too long"), None, "limit is 10"),
+        (("classify", "--policy", "spam", "   "), None, "empty"),
+        (("classify", "--policy", "spam", "-"), b"\xff\xfe\xfa not utf-8", "not valid UTF-8"),
+        (("classify", "--policy", "spam", "-"), b"\x00\x01binary", "NUL"),
+        (("classify", "--policy", "spam", "--max-chars", "10", "this text is far too long"), None, "limit is 10"),
         (("classify", "--policy", "no/such/policy.md", "hi"), None, "does not exist"),
-        (("classify", "--file", "no-such-file.jsonl"), None, "does not exist"),
-        (("classify",), None, "exactly one"),
-        (("classify", "--model", "llamacpp/missing.gguf", "hi"), None, "does not exist"),
-        (("classify", "--model", "warp/drive", "hi"), None, "Unknown model"),
+        (("classify", "--policy", "spam", "--file", "no-such-file.jsonl"), None, "does not exist"),
+        (("classify", "--policy", "spam",), None, "exactly one"),
+        (("classify", "--policy", "spam", "--model", "llamacpp/missing.gguf", "hi"), None, "does not exist"),
+        (("classify", "--policy", "spam", "--model", "warp/drive", "hi"), None, "Unknown model"),
         (("policy", "show", "missing.md"), None, "does not exist"),
     ],
 )
@@ -83,12 +83,13 @@ def test_broken_policy_file(tmp_path: Path):
 def test_jsonl_with_a_bad_line_fails_before_classifying(tmp_path: Path):
     data = tmp_path / "items.jsonl"
     data.write_text('{"text": "fine"}\n{"text": ""}\n', encoding="utf-8")
-    result = cli("classify", "--file", str(data))
+    result = cli("classify", "--policy", "spam", "--file", str(data))
     assert result.returncode == 1 and "line 2" in result.stderr
 
 
 def test_usage_error_exits_2():
-    assert cli("classify", "--mode", "guess", "x").returncode == 2
+    assert cli("classify", "--policy", "spam", "--mode", "guess", "x").returncode == 2
+    assert cli("classify", "x").returncode == 2  # --policy is required
 
 
 def test_policy_show_and_lint_json(spam):

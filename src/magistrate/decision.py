@@ -1,7 +1,8 @@
 """Decisions: a verdict plus everything needed to audit and reproduce it.
 
 Example:
-    >>> decision.verdict.violation, decision.policy_hash[:12], decision.model
+    >>> decision = classify("Win a prize!", policy="spam")
+    >>> decision.verdict.violation, decision.policy_hash[:12], decision.to_dict()["usage"]
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ decision can always be traced back to the words it was judged under.
 Example:
     >>> policy = load_policy("spam")          # a bundled policy, or a path to a .md file
     >>> policy.id, policy.output, [r.id for r in policy.rules][:2]
-    ('spam', <OutputFormat.JSON: 'json'>, ['SP0', 'SP0.a'])
+    ('spam', <OutputFormat.JSON: 'json'>, ['SP2', 'SP2.a'])
 """
 
 from __future__ import annotations

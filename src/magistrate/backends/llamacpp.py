@@ -211,27 +211,57 @@ class LlamaCppBackend(Backend):
             constrain=options.constrain_label,
             threshold=options.label_threshold if use_prefill else None,
         )
-        deadline = time.monotonic() + options.timeout_s if options.timeout_s else None
-        with self._lock:
-            cached = self._cached_prefix(tokens)
-            start = time.perf_counter()
-            result = self._run(tokens, budget, options, probe, deadline, prompt)
-            latency = time.perf_counter() - start
-        choice = result["choices"][0]
-        usage = result.get("usage", {})
+        if options.constrain_label:
+            with self._lock:
+                cached = self._cached_prefix(tokens)
+                start = time.perf_counter()
+                answer = self._score_only(tokens, cached, probe, prompt.candidates)
+                latency = time.perf_counter() - start
+            generated, finish, n_generated = answer, "stop", 1
+        else:
+            deadline = time.monotonic() + options.timeout_s if options.timeout_s else None
+            with self._lock:
+                cached = self._cached_prefix(tokens)
+                start = time.perf_counter()
+                result = self._run(tokens, budget, options, probe, deadline, prompt)
+                latency = time.perf_counter() - start
+            choice = result["choices"][0]
+            generated = str(choice["text"])
+            finish = str(choice.get("finish_reason") or "stop")
+            n_generated = int(result.get("usage", {}).get("completion_tokens", 0))
         return Completion(
-            text=(prompt.prefill if use_prefill else "") + choice["text"],
+            text=(prompt.prefill if use_prefill else "") + generated,
             model=self.model,
-            finish_reason=str(choice.get("finish_reason") or "stop"),
+            finish_reason=finish,
             usage=Usage(
-                prompt_tokens=len(tokens),
-                cached_tokens=cached,
-                completion_tokens=int(usage.get("completion_tokens", 0)),
+                prompt_tokens=len(tokens), cached_tokens=cached, completion_tokens=n_generated
             ),
             latency_s=latency,
             label_probs=probe.probs(prompt.candidates),
             label_mass=probe.mass,
         )
+
+    def _score_only(
+        self, tokens: list[int], cached: int, probe: _LabelProbe, candidates: tuple[str, ...]
+    ) -> str:
+        """Score mode: evaluate only the uncached tokens and read the label logits there.
+
+        Equivalent to generating one greedy token restricted to the labels, without the
+        sampler chain and the extra decode of that token that `create_completion` performs.
+        """
+        import llama_cpp
+        import numpy as np
+
+        llm = self._llm
+        llm.n_tokens = cached  # eval() drops the KV cells past n_tokens before decoding
+        try:
+            llm.eval(tokens[cached:])
+        except RuntimeError as exc:
+            raise BackendError(f"llama.cpp failed while scoring: {exc}") from None
+        pointer = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
+        logits = np.ctypeslib.as_array(pointer, shape=(llm.n_vocab(),))
+        probe(None, logits)
+        return candidates[probe.choice]
 
     def _run(
         self,
@@ -337,6 +367,8 @@ class _LabelProbe:
         self.threshold = threshold
         self.raw: list[float] | None = None
         self.mass: float | None = None
+        self.choice = 0
+        """Index of the label chosen at the label position."""
         self._seen = False
 
     @property
@@ -344,7 +376,7 @@ class _LabelProbe:
         return self.ids is not None
 
     def __call__(
-        self, _input_ids: npt.NDArray[np.intc], logits: npt.NDArray[np.single]
+        self, _input_ids: npt.NDArray[np.intc] | None, logits: npt.NDArray[np.single]
     ) -> npt.NDArray[np.single]:
         if self._seen or self.ids is None:
             return logits
@@ -354,21 +386,18 @@ class _LabelProbe:
         top = float(np.max(logits))
         log_z = top + math.log(float(np.sum(np.exp(logits - top))))
         self.raw = [math.exp(float(logits[i]) - log_z) for i in self.ids]
-        self.mass = sum(self.raw)
+        raw = self.raw
+        self.mass = sum(raw)
+        self.choice = max(range(len(raw)), key=lambda i: raw[i])
         if self.threshold is not None and self.mass > 0:
-            score = sum(p for p, bad in zip(self.raw, self.violating, strict=True) if bad)
+            score = sum(p for p, bad in zip(raw, self.violating, strict=True) if bad)
             side = score / self.mass >= self.threshold
-            pick = max(
-                (i for i, bad in enumerate(self.violating) if bad == side),
-                key=lambda i: self.raw[i] if self.raw else 0.0,
-            )
-            masked = np.full_like(logits, -np.inf)
-            masked[self.ids[pick]] = 0.0
-            return masked
-        if not self.constrain:
-            return logits
+            sides = [i for i, bad in enumerate(self.violating) if bad == side]
+            self.choice = max(sides, key=lambda i: raw[i])
+        elif not self.constrain:
+            return logits  # free generation: only observe
         masked = np.full_like(logits, -np.inf)
-        masked[self.ids] = logits[self.ids]
+        masked[self.ids[self.choice]] = 0.0
         return masked
 
     def probs(self, candidates: tuple[str, ...]) -> dict[str, float] | None:

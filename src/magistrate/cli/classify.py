@@ -25,12 +25,12 @@ from magistrate.prompt import Effort, Mode
 
 @app.command()
 def classify(
+    policy: Annotated[
+        str, typer.Option("--policy", "-p", help="Policy file, or a bundled policy name.")
+    ],
     text: Annotated[
         str | None, typer.Argument(help="Content to classify, or '-' to read it from stdin.")
     ] = None,
-    policy: Annotated[
-        str, typer.Option("--policy", "-p", help="Policy file, or a bundled policy name.")
-    ] = "spam",
     file: Annotated[
         Path | None,
         typer.Option(
