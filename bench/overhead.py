@@ -28,6 +28,7 @@ def main() -> None:
     filler = Classifier(policy, backend, mode="score")
     llm = backend.llama
     raw_total = ours_total = 0.0
+    generated: list[int] = []
     for i, item in enumerate(items[1 : args.items + 1]):
         text = backend.render(clf.prompt(item))
 
@@ -45,7 +46,9 @@ def main() -> None:
             return str(out["choices"][0]["text"])
 
         def ours(item=item) -> str:
-            return asyncio.run(clf.classify(item)).verdict.answer
+            decision = asyncio.run(clf.classify(item))
+            generated.append(decision.usage.completion_tokens)
+            return decision.verdict.answer
 
         runs = [(raw, "raw"), (ours, "ours")] if i % 2 == 0 else [(ours, "ours"), (raw, "raw")]
         answers = {}
@@ -64,7 +67,11 @@ def main() -> None:
     ratio = ours_total / raw_total
     report(
         "overhead (reason mode)",
-        {"s/item, raw llama-cpp-python": raw_total / n, "s/item, Magistrate": ours_total / n},
+        {
+            "s/item, raw llama-cpp-python": raw_total / n,
+            "s/item, Magistrate": ours_total / n,
+            "generated tokens/item": sum(generated) / n,
+        },
         ratio,
         "<= 1.03x",
         ratio <= 1.03,

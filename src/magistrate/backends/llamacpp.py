@@ -6,10 +6,10 @@ prompt builder puts the policy first and the content last, each item after the f
 pays for its own tokens. The model state is never reset between items, and no RAM cache is
 used (it was measured slower, with 4-6 GB of RSS).
 
-The label score is read from the logits at the first generated position (just after the
-prefill) by a logits processor: the probabilities of each candidate label's first token,
-normalised over the candidates. In score mode the same processor masks every other token, so
-the one generated token is a label.
+The label is read where the answer's label begins (just after the prefill): the prompt is
+evaluated, the logits there give each candidate label's first-token probability, and the
+label is chosen among the candidates (by the policy's threshold when calibrated). Score mode
+stops there; reason mode appends the label's tokens and generates the rest of the answer.
 
 Example:
     >>> backend = LlamaCppBackend()                   # the embedded model
@@ -22,12 +22,13 @@ import asyncio
 import json
 import math
 import os
-import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from magistrate.backends.base import Backend, Capabilities, Completion, CompletionOptions, Usage
 from magistrate.errors import (
@@ -43,6 +44,8 @@ from magistrate.prompt import Prompt
 if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
+
+_T = TypeVar("_T")
 
 GGUF_MAGIC = b"GGUF"
 EMBEDDED_NAMES = ("embedded", "default", "")
@@ -137,7 +140,10 @@ class LlamaCppBackend(Backend):
         # Free the model before interpreter shutdown tears down the modules that
         # llama-cpp-python's own __del__ needs (otherwise it prints a TypeError at exit).
         self._finalizer = weakref.finalize(self, self._llm.close)
-        self._lock = threading.Lock()
+        # Every call into llama.cpp runs on this one thread. Alternating the calling thread
+        # (the main thread, then asyncio's worker threads) was measured 30% slower per item,
+        # and the model is not thread-safe anyway.
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llamacpp")
         self._format = self._chat_formatter()
         self._candidate_ids: dict[tuple[str, ...], list[int] | None] = {}
         self._grammars: dict[str, Any] = {}
@@ -184,14 +190,32 @@ class LlamaCppBackend(Backend):
         return list(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
 
     async def complete(self, prompt: Prompt, options: CompletionOptions) -> Completion:
-        """Run the prompt on a worker thread; one at a time (the model is not thread-safe)."""
-        return await asyncio.to_thread(self.complete_sync, prompt, options)
+        """Run the prompt on the model's own thread; one at a time."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, self._complete, prompt, options)
 
     def complete_sync(self, prompt: Prompt, options: CompletionOptions) -> Completion:
-        """The blocking version of `complete`."""
+        """The blocking version of `complete` (also runs on the model's thread)."""
+        return self.run_on_model_thread(self._complete, prompt, options)
+
+    def run_on_model_thread(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """Call `fn(*args)` on the thread that owns the model and wait for the result.
+
+        For code that drives `self.llama` directly (benchmarks), so it runs where Magistrate
+        runs it.
+        """
+        return self._thread.submit(fn, *args).result()
+
+    def _complete(self, prompt: Prompt, options: CompletionOptions) -> Completion:
+        """Produce one completion; runs on the model thread only.
+
+        With label candidates (and no constrained decoding) it runs in two steps: evaluate
+        the prompt and read the label logits there (`_read_label`), then, in reason mode,
+        append the chosen label's tokens and let llama.cpp generate the rest. Generation
+        itself runs without a logits processor, so it costs what raw llama-cpp-python costs.
+        """
         use_prefill = not options.constrained
-        text = self.render(prompt, prefill=use_prefill)
-        tokens = self.tokenize(text)
+        tokens = self.tokenize(self.render(prompt, prefill=use_prefill))
         budget = 1 if options.constrain_label else options.max_tokens
         if len(tokens) + budget > self.n_ctx:
             raise InputError(
@@ -199,81 +223,78 @@ class LlamaCppBackend(Backend):
                 f"answer, but the model's context holds {self.n_ctx:,}. Shorten the content or "
                 "the policy, or load the model with a larger n_ctx."
             )
-        ids = self._label_token_ids(prompt.candidates) if options.scores else None
+        ids = self._label_token_ids(prompt.candidates) if options.scores and use_prefill else None
         if options.constrain_label and ids is None:
             raise ConfigError(
                 f"Score mode needs labels whose first tokens differ; {list(prompt.candidates)} "
                 "do not on this model. Use --mode reason, or rename the labels."
             )
-        probe = _LabelProbe(
-            ids,
-            prompt.violating,
-            constrain=options.constrain_label,
-            threshold=options.label_threshold if use_prefill else None,
-        )
-        if options.constrain_label:
-            with self._lock:
-                cached = self._cached_prefix(tokens)
-                start = time.perf_counter()
-                answer = self._score_only(tokens, cached, probe, prompt.candidates)
-                latency = time.perf_counter() - start
-            generated, finish, n_generated = answer, "stop", 1
-        else:
-            deadline = time.monotonic() + options.timeout_s if options.timeout_s else None
-            with self._lock:
-                cached = self._cached_prefix(tokens)
-                start = time.perf_counter()
-                result = self._run(tokens, budget, options, probe, deadline, prompt)
-                latency = time.perf_counter() - start
+        label: _LabelRead | None = None
+        text = prompt.prefill if use_prefill else ""
+        finish, n_generated = "stop", 0
+        cached = self._cached_prefix(tokens)
+        start = time.perf_counter()
+        if ids is not None:
+            label = self._read_label(tokens, cached, ids, prompt, options)
+            text += prompt.candidates[label.choice]
+            n_generated = 1
+        if not options.constrain_label:
+            prefix = tokens + (self._label_tokens(prompt, label) if label else [])
+            result = self._generate(prefix, options, prompt)
             choice = result["choices"][0]
-            generated = str(choice["text"])
+            text += str(choice["text"])
             finish = str(choice.get("finish_reason") or "stop")
-            n_generated = int(result.get("usage", {}).get("completion_tokens", 0))
+            n_generated += int(result.get("usage", {}).get("completion_tokens", 0))
+        latency = time.perf_counter() - start
         return Completion(
-            text=(prompt.prefill if use_prefill else "") + generated,
+            text=text,
             model=self.model,
             finish_reason=finish,
             usage=Usage(
                 prompt_tokens=len(tokens), cached_tokens=cached, completion_tokens=n_generated
             ),
             latency_s=latency,
-            label_probs=probe.probs(prompt.candidates),
-            label_mass=probe.mass,
+            label_probs=label.probs(prompt.candidates) if label else None,
+            label_mass=label.mass if label else None,
         )
 
-    def _score_only(
-        self, tokens: list[int], cached: int, probe: _LabelProbe, candidates: tuple[str, ...]
-    ) -> str:
-        """Score mode: evaluate only the uncached tokens and read the label logits there.
+    def _read_label(
+        self,
+        tokens: list[int],
+        cached: int,
+        ids: list[int],
+        prompt: Prompt,
+        options: CompletionOptions,
+    ) -> _LabelRead:
+        """Evaluate the uncached prompt tokens and read the label distribution at the end.
 
-        Equivalent to generating one greedy token restricted to the labels, without the
-        sampler chain and the extra decode of that token that `create_completion` performs.
+        This is one greedy step restricted to the labels (or to the side of the threshold the
+        score falls on), without the sampler chain and the extra decode of the sampled token
+        that `create_completion` performs.
         """
         import llama_cpp
         import numpy as np
 
         llm = self._llm
-        llm.n_tokens = cached  # eval() drops the KV cells past n_tokens before decoding
+        llm.n_tokens = cached  # eval() first drops the KV cells past n_tokens
         try:
             llm.eval(tokens[cached:])
         except RuntimeError as exc:
             raise BackendError(f"llama.cpp failed while scoring: {exc}") from None
         pointer = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
         logits = np.ctypeslib.as_array(pointer, shape=(llm.n_vocab(),))
-        probe(None, logits)
-        return candidates[probe.choice]
+        return _LabelRead.from_logits(logits, ids, prompt.violating, options.label_threshold)
 
-    def _run(
-        self,
-        tokens: list[int],
-        budget: int,
-        options: CompletionOptions,
-        probe: _LabelProbe,
-        deadline: float | None,
-        prompt: Prompt,
+    def _label_tokens(self, prompt: Prompt, label: _LabelRead) -> list[int]:
+        name = prompt.candidates[label.choice]
+        return list(self._llm.tokenize(name.encode("utf-8"), add_bos=False, special=False))
+
+    def _generate(
+        self, tokens: list[int], options: CompletionOptions, prompt: Prompt
     ) -> dict[str, Any]:
-        from llama_cpp import LogitsProcessorList, StoppingCriteriaList
+        from llama_cpp import StoppingCriteriaList
 
+        deadline = time.monotonic() + options.timeout_s if options.timeout_s else None
         timed_out = False
 
         def past_deadline(_ids: Any, _logits: Any) -> bool:
@@ -284,14 +305,13 @@ class LlamaCppBackend(Backend):
         try:
             result = self._llm.create_completion(
                 tokens,
-                max_tokens=budget,
+                max_tokens=options.max_tokens,
                 temperature=options.temperature,
                 top_p=options.top_p,
                 top_k=0,
                 min_p=0.0,
                 repeat_penalty=1.0,
                 seed=options.seed,
-                logits_processor=LogitsProcessorList([probe]) if probe.active else None,
                 stopping_criteria=StoppingCriteriaList([past_deadline]) if deadline else None,
                 grammar=self._grammar(prompt) if options.constrained else None,
             )
@@ -341,66 +361,48 @@ class LlamaCppBackend(Backend):
         return self._grammars[key]
 
     async def aclose(self) -> None:
-        """Free the model."""
+        """Free the model and stop its thread."""
+        self._thread.shutdown(wait=True)
         self._finalizer()
 
 
-class _LabelProbe:
-    """Logits processor: reads label probabilities at the first generated position.
+@dataclass(frozen=True)
+class _LabelRead:
+    """The label distribution at the label position, and the label chosen there.
 
-    With `constrain`, it also masks every non-label token there, so the generated token is a
-    label (score mode). With `threshold`, the label token is the best one on the side of the
-    threshold that the violating probability falls on (calibrated labels in both modes).
+    Attributes:
+        raw: Probability of each candidate's first token under the full vocabulary.
+        mass: Sum of `raw`: how much the model wanted to answer with a label at all.
+        choice: Index of the chosen candidate: the most likely one, or with a threshold the
+            most likely one on the side of the threshold the violating probability falls on.
     """
 
-    def __init__(
-        self,
-        ids: list[int] | None,
+    raw: tuple[float, ...]
+    mass: float
+    choice: int
+
+    @classmethod
+    def from_logits(
+        cls,
+        logits: npt.NDArray[np.single],
+        ids: list[int],
         violating: Sequence[bool],
-        *,
-        constrain: bool,
         threshold: float | None,
-    ) -> None:
-        self.ids = ids
-        self.violating = list(violating)
-        self.constrain = constrain
-        self.threshold = threshold
-        self.raw: list[float] | None = None
-        self.mass: float | None = None
-        self.choice = 0
-        """Index of the label chosen at the label position."""
-        self._seen = False
-
-    @property
-    def active(self) -> bool:
-        return self.ids is not None
-
-    def __call__(
-        self, _input_ids: npt.NDArray[np.intc] | None, logits: npt.NDArray[np.single]
-    ) -> npt.NDArray[np.single]:
-        if self._seen or self.ids is None:
-            return logits
-        self._seen = True
+    ) -> _LabelRead:
         import numpy as np
 
         top = float(np.max(logits))
         log_z = top + math.log(float(np.sum(np.exp(logits - top))))
-        self.raw = [math.exp(float(logits[i]) - log_z) for i in self.ids]
-        raw = self.raw
-        self.mass = sum(raw)
-        self.choice = max(range(len(raw)), key=lambda i: raw[i])
-        if self.threshold is not None and self.mass > 0:
-            score = sum(p for p, bad in zip(raw, self.violating, strict=True) if bad)
-            side = score / self.mass >= self.threshold
-            sides = [i for i, bad in enumerate(self.violating) if bad == side]
-            self.choice = max(sides, key=lambda i: raw[i])
-        elif not self.constrain:
-            return logits  # free generation: only observe
-        masked = np.full_like(logits, -np.inf)
-        masked[self.ids[self.choice]] = 0.0
-        return masked
+        raw = tuple(math.exp(float(logits[i]) - log_z) for i in ids)
+        mass = sum(raw)
+        pool = list(range(len(raw)))
+        if threshold is not None and mass > 0:
+            score = sum(p for p, bad in zip(raw, violating, strict=True) if bad) / mass
+            pool = [i for i, bad in enumerate(violating) if bad == (score >= threshold)]
+        return cls(raw, mass, max(pool, key=lambda i: raw[i]))
 
     def probs(self, candidates: tuple[str, ...]) -> dict[str, float] | None:
-        if self.raw is None or not self.mass:
+        """Candidate probabilities normalised over the candidates."""
+        if not self.mass:
             return None
         return {name: p / self.mass for name, p in zip(candidates, self.raw, strict=True)}
