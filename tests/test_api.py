@@ -6,8 +6,18 @@ import magistrate
 def test_public_api_is_exactly_all():
     public = {name for name in dir(magistrate) if not name.startswith("_")}
     submodules = {
-        "backends", "cli", "decision", "embedded", "engine", "errors", "ids", "item", "lint",
-        "policy", "prompt", "verdict",
+        "backends",
+        "cli",
+        "decision",
+        "embedded",
+        "engine",
+        "errors",
+        "ids",
+        "item",
+        "lint",
+        "policy",
+        "prompt",
+        "verdict",
     }
     assert public - submodules == set(magistrate.__all__) - {"__version__"}
     for name in magistrate.__all__:
@@ -15,7 +25,15 @@ def test_public_api_is_exactly_all():
 
 
 def test_errors_form_one_hierarchy():
-    for name in ("ConfigError", "InputError", "PolicyError", "ModelError", "MissingDependency",
-                 "BackendError", "BackendTimeout", "BackendUnavailable"):
+    for name in (
+        "ConfigError",
+        "InputError",
+        "PolicyError",
+        "ModelError",
+        "MissingDependency",
+        "BackendError",
+        "BackendTimeout",
+        "BackendUnavailable",
+    ):
         assert issubclass(getattr(magistrate, name), magistrate.MagistrateError)
     assert issubclass(magistrate.BackendTimeout, magistrate.BackendError)
