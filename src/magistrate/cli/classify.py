@@ -57,6 +57,10 @@ def classify(
     fallback: Annotated[
         bool, typer.Option(help="Retry with constrained decoding when an answer does not parse.")
     ] = True,
+    calibrate: Annotated[
+        bool,
+        typer.Option(help="Choose the label by the policy's threshold, not the raw top token."),
+    ] = True,
 ) -> None:
     """Classify content under a policy: label, rule ids, score and rationale on stdout.
 
@@ -71,6 +75,7 @@ def classify(
         max_chars=max_chars,
         timeout_s=timeout,
         fallback=fallback,
+        calibrated=calibrate,
     )
     started = time.perf_counter()
     decisions = _run(classifier, items, as_json)
