@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -221,8 +220,6 @@ class Classifier:
         usage: Usage | None = None,
         error: str | None = None,
     ) -> Decision:
-        if verdict.ok and verdict.score is not None and self.mode is Mode.REASON:
-            verdict = replace(verdict, score=round(verdict.score, 6))
         return Decision(
             id=new_ulid(),
             created_at=datetime.now(UTC),

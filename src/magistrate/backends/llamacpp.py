@@ -145,6 +145,7 @@ class LlamaCppBackend(Backend):
         # and the model is not thread-safe anyway.
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llamacpp")
         self._format = self._chat_formatter()
+        self._marker = os.urandom(8).hex()
         self._candidate_ids: dict[tuple[str, ...], list[int] | None] = {}
         self._grammars: dict[str, Any] = {}
 
@@ -185,9 +186,27 @@ class LlamaCppBackend(Backend):
         text = str(self._format(messages=messages).prompt)
         return text + prompt.prefill if prefill else text
 
-    def tokenize(self, text: str) -> list[int]:
-        """Token ids of `text`, special tokens parsed, no BOS added by us."""
-        return list(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+    def tokenize(self, text: str, *, special: bool = True) -> list[int]:
+        """Token ids of `text`, no BOS added by us; `special` parses control tokens."""
+        return list(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=special))
+
+    def prompt_tokens(self, prompt: Prompt, *, prefill: bool = True) -> list[int]:
+        """The prompt's tokens, with the content tokenized as plain text.
+
+        The template around the content is tokenized with control tokens parsed; the content
+        itself is not, so content that spells `<|im_end|>` or `<|im_start|>system` stays text
+        inside the user turn and can never close it. (The head is also tokenized on its own,
+        so it is token-identical across items, which keeps the KV prefix reusable.)
+        """
+        marker = f"\x1e{self._marker}\x1e"
+        messages = [{"role": m.role, "content": m.content} for m in prompt.messages]
+        content = messages[-1]["content"]
+        messages[-1] = {"role": messages[-1]["role"], "content": marker}
+        text = str(self._format(messages=messages).prompt) + (prompt.prefill if prefill else "")
+        head, sep, tail = text.partition(marker)
+        if not sep or marker in tail:
+            raise BackendError("The chat template did not place the content exactly once.")
+        return self.tokenize(head) + self.tokenize(content, special=False) + self.tokenize(tail)
 
     async def complete(self, prompt: Prompt, options: CompletionOptions) -> Completion:
         """Run the prompt on the model's own thread; one at a time."""
@@ -215,7 +234,7 @@ class LlamaCppBackend(Backend):
         itself runs without a logits processor, so it costs what raw llama-cpp-python costs.
         """
         use_prefill = not options.constrained
-        tokens = self.tokenize(self.render(prompt, prefill=use_prefill))
+        tokens = self.prompt_tokens(prompt, prefill=use_prefill)
         budget = 1 if options.constrain_label else options.max_tokens
         if len(tokens) + budget > self.n_ctx:
             raise InputError(
