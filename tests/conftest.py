@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from magistrate.policy import Policy, load_policy, parse_policy
-
-ROOT = Path(__file__).resolve().parent.parent
 
 SEVERITY_POLICY = """\
 ---

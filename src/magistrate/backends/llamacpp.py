@@ -146,7 +146,7 @@ class LlamaCppBackend(Backend):
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llamacpp")
         self._format = self._chat_formatter()
         self._marker = os.urandom(8).hex()
-        self._candidate_ids: dict[tuple[str, ...], list[int] | None] = {}
+        self._candidates: dict[tuple[str, ...], list[list[int]]] = {}
         self._grammars: dict[str, Any] = {}
 
     @property
@@ -180,9 +180,15 @@ class LlamaCppBackend(Backend):
             add_generation_prompt=True,
         )
 
-    def render(self, prompt: Prompt, *, prefill: bool = True) -> str:
-        """The exact prompt text the model sees (chat template applied, prefill appended)."""
+    def render(self, prompt: Prompt, *, prefill: bool = True, content: str | None = None) -> str:
+        """The prompt text with the chat template applied and the prefill appended.
+
+        Args:
+            content: Put this in place of the last message's content (used for a marker).
+        """
         messages = [{"role": m.role, "content": m.content} for m in prompt.messages]
+        if content is not None:
+            messages[-1]["content"] = content
         text = str(self._format(messages=messages).prompt)
         return text + prompt.prefill if prefill else text
 
@@ -199,11 +205,8 @@ class LlamaCppBackend(Backend):
         so it is token-identical across items, which keeps the KV prefix reusable.)
         """
         marker = f"\x1e{self._marker}\x1e"
-        messages = [{"role": m.role, "content": m.content} for m in prompt.messages]
-        content = messages[-1]["content"]
-        messages[-1] = {"role": messages[-1]["role"], "content": marker}
-        text = str(self._format(messages=messages).prompt) + (prompt.prefill if prefill else "")
-        head, sep, tail = text.partition(marker)
+        content = prompt.messages[-1].content
+        head, sep, tail = self.render(prompt, prefill=prefill, content=marker).partition(marker)
         if not sep or marker in tail:
             raise BackendError("The chat template did not place the content exactly once.")
         return self.tokenize(head) + self.tokenize(content, special=False) + self.tokenize(tail)
@@ -305,8 +308,7 @@ class LlamaCppBackend(Backend):
         return _LabelRead.from_logits(logits, ids, prompt.violating, options.label_threshold)
 
     def _label_tokens(self, prompt: Prompt, label: _LabelRead) -> list[int]:
-        name = prompt.candidates[label.choice]
-        return list(self._llm.tokenize(name.encode("utf-8"), add_bos=False, special=False))
+        return self._candidate_tokens(prompt.candidates)[label.choice]
 
     def _generate(
         self, tokens: list[int], options: CompletionOptions, prompt: Prompt
@@ -353,16 +355,17 @@ class LlamaCppBackend(Backend):
             n += 1
         return min(n, len(tokens) - 1)
 
+    def _candidate_tokens(self, candidates: tuple[str, ...]) -> list[list[int]]:
+        """Each candidate label's tokens (as plain text), computed once per label set."""
+        if candidates not in self._candidates:
+            self._candidates[candidates] = [self.tokenize(n, special=False) for n in candidates]
+        return self._candidates[candidates]
+
     def _label_token_ids(self, candidates: tuple[str, ...]) -> list[int] | None:
         """First token id of each candidate label, or None when two labels share one."""
-        if candidates not in self._candidate_ids:
-            first = []
-            for name in candidates:
-                ids = self._llm.tokenize(name.encode("utf-8"), add_bos=False, special=False)
-                first.append(int(ids[0]) if ids else -1)
-            distinct = len(set(first)) == len(first) and -1 not in first
-            self._candidate_ids[candidates] = first if distinct else None
-        return self._candidate_ids[candidates]
+        first = [ids[0] if ids else -1 for ids in self._candidate_tokens(candidates)]
+        distinct = len(set(first)) == len(first) and -1 not in first
+        return first if distinct else None
 
     def _grammar(self, prompt: Prompt) -> Any:
         from llama_cpp.llama_grammar import LlamaGrammar
