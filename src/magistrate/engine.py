@@ -29,6 +29,7 @@ from magistrate.ids import new_ulid
 from magistrate.item import DEFAULT_MAX_CHARS, Item
 from magistrate.policy import Policy, load_policy
 from magistrate.prompt import Effort, Mode, Prompt, build_prompt
+from magistrate.store import Recorder
 from magistrate.verdict import (
     ParseStatus,
     Verdict,
@@ -60,6 +61,9 @@ class Classifier:
             both modes; the model then writes its rule ids and rationale for that label.
         max_tokens: Answer budget; default from the effort.
         concurrency: Items in flight at once; default is what the backend allows.
+        recorder: Records every decision (see `magistrate.store`); None records nothing.
+            Recording never changes a verdict; a decision that cannot be recorded raises
+            `StoreError` naming it.
     """
 
     def __init__(
@@ -75,6 +79,7 @@ class Classifier:
         calibrated: bool = True,
         max_tokens: int | None = None,
         concurrency: int | None = None,
+        recorder: Recorder | None = None,
     ) -> None:
         self.policy = policy if isinstance(policy, Policy) else load_policy(policy)
         self.effort = _enum(Effort, effort, "effort")
@@ -91,6 +96,7 @@ class Classifier:
         self.calibrated = calibrated and self.backend.capabilities.label_scores
         self.max_tokens = max_tokens or MAX_TOKENS_BY_EFFORT[self.effort]
         self.concurrency = max(1, concurrency or self.backend.max_concurrency)
+        self.recorder = recorder
 
     def item(self, content: str | bytes | Item, *, id: str | None = None) -> Item:
         """A checked item from content (see `Item.of`)."""
@@ -129,8 +135,15 @@ class Classifier:
 
         Raises:
             InputError: The content cannot be classified (empty, too large, binary).
+            StoreError: The decision was made but could not be recorded.
         """
         item = self.item(content, id=id)
+        decision = await self._judge(item)
+        if self.recorder is not None:
+            await self.recorder.arecord(decision, self.policy, item)
+        return decision
+
+    async def _judge(self, item: Item) -> Decision:
         start = time.perf_counter()
         prompt = self.prompt(item)
         options = self.options()

@@ -6,6 +6,7 @@
     ├── PolicyError            a policy file that cannot be read or parsed
     ├── ModelError             a model file that is missing, not GGUF, or fails its hash
     ├── MissingDependency      an optional package is not installed (message names the install)
+    ├── StoreError             the decision log cannot be opened, read or written
     └── BackendError           the backend failed while producing a completion
         ├── BackendUnavailable the backend cannot be reached or loaded
         └── BackendTimeout     the backend did not answer in time
@@ -39,6 +40,10 @@ class ModelError(MagistrateError):
 
 class MissingDependency(MagistrateError):
     """An optional dependency is not installed; the message names the install command."""
+
+
+class StoreError(MagistrateError):
+    """The decision log cannot be opened, read or written."""
 
 
 class BackendError(MagistrateError):

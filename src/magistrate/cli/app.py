@@ -7,6 +7,7 @@ from rich.console import Console
 
 EXIT_USER_ERROR = 1
 EXIT_NO_VERDICT = 3
+EXIT_VERIFY_FAILED = 4
 EXIT_INTERRUPTED = 130
 
 app = typer.Typer(
@@ -21,5 +22,6 @@ err_console = Console(stderr=True, highlight=False)
 
 # Register the commands (each module adds itself to `app`).
 from magistrate.cli import classify as _classify  # noqa: E402,F401
+from magistrate.cli import logs as _logs  # noqa: E402,F401
 from magistrate.cli import model as _model  # noqa: E402,F401
 from magistrate.cli import policy as _policy  # noqa: E402,F401

@@ -15,12 +15,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from magistrate.backends import DEFAULT_MODEL
 from magistrate.cli.app import EXIT_NO_VERDICT, app, err_console, out_console
+from magistrate.cli.logs import DatabaseOption
 from magistrate.decision import Decision
 from magistrate.engine import Classifier
 from magistrate.errors import InputError
 from magistrate.item import DEFAULT_MAX_CHARS, Item, decode_content, parse_jsonl
 from magistrate.policy import Policy
 from magistrate.prompt import Effort, Mode
+from magistrate.store import Recorder, Store
 
 
 @app.command()
@@ -61,12 +63,27 @@ def classify(
         bool,
         typer.Option(help="Choose the label by the policy's threshold, not the raw top token."),
     ] = True,
+    log: Annotated[
+        bool,
+        typer.Option(envvar="MAGISTRATE_LOG", help="Record every decision in the decision log."),
+    ] = True,
+    log_content: Annotated[
+        bool,
+        typer.Option(
+            "--log-content/--redact",
+            envvar="MAGISTRATE_LOG_CONTENT",
+            help="Keep the content in the log, or only its SHA-256.",
+        ),
+    ] = True,
+    database: DatabaseOption = None,
 ) -> None:
     """Classify content under a policy: label, rule ids, score and rationale on stdout.
 
     Exit status 0 when every item got a verdict, 3 when at least one did not, 1 on bad input.
     """
     items = _read_items(text, file, max_chars)
+    # Open the log before loading the model, so a bad --database fails in a second.
+    store = Store(database) if log else None
     classifier = Classifier(
         policy,
         model,
@@ -76,12 +93,15 @@ def classify(
         timeout_s=timeout,
         fallback=fallback,
         calibrated=calibrate,
+        recorder=Recorder(store, keep_content=log_content) if store else None,
     )
     started = time.perf_counter()
     decisions = _run(classifier, items, as_json)
     elapsed = time.perf_counter() - started
+    if store is not None:
+        store.close()
     if len(items) > 1:
-        _summary(decisions, items, classifier.policy, elapsed)
+        _summary(decisions, items, classifier.policy, elapsed, store)
     if not all(d.ok for d in decisions):
         raise typer.Exit(EXIT_NO_VERDICT)
 
@@ -182,7 +202,13 @@ def _gold(value: Any, policy: Policy) -> bool | None:
     return None
 
 
-def _summary(decisions: list[Decision], items: list[Item], policy: Policy, elapsed: float) -> None:
+def _summary(
+    decisions: list[Decision],
+    items: list[Item],
+    policy: Policy,
+    elapsed: float,
+    store: Store | None,
+) -> None:
     n = len(decisions)
     flagged = sum(1 for d in decisions if d.violation)
     missing = sum(1 for d in decisions if not d.ok)
@@ -195,4 +221,6 @@ def _summary(decisions: list[Decision], items: list[Item], policy: Policy, elaps
     if pairs:
         right = sum(1 for d, g in pairs if d.violation is g)
         line += f" · accuracy {right}/{len(pairs)} = {right / len(pairs):.1%} against the labels"
-    err_console.print(line)
+    if store is not None:
+        line += f" · recorded in {store.location}"
+    err_console.print(escape(line))

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
+from rich.syntax import Syntax
 from rich.table import Table
 
 from magistrate.cli.app import EXIT_USER_ERROR, app, out_console
+from magistrate.cli.logs import DatabaseOption
+from magistrate.errors import StoreError
 from magistrate.lint import Severity, count_tokens, lint_policy, output_summary
 from magistrate.policy import Policy, builtin_policy_names, load_policy
+from magistrate.store import Store
 
-policy_app = typer.Typer(help="Inspect, lint and list policies.", no_args_is_help=True)
+policy_app = typer.Typer(
+    help="Inspect, lint and list policies; show and diff their recorded versions.",
+    no_args_is_help=True,
+)
 app.add_typer(policy_app, name="policy")
 
 _STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "dim"}
@@ -88,6 +96,62 @@ def list_policies() -> None:
         out_console.print(
             f"{name:<16} {policy.version:<10} {policy.short_hash}  {escape(policy.title)}"
         )
+
+
+@policy_app.command("history")
+def history(
+    policy_id: Annotated[str, typer.Argument(help="Policy id, as decisions recorded it.")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    database: DatabaseOption = None,
+) -> None:
+    """Every distinct text of a policy the decision log has seen, oldest first."""
+    with Store(database) as store:
+        versions = store.policy_versions(policy_id)
+        known = store.policy_ids() if not versions else []
+    if not versions:
+        hint = f" It has: {', '.join(known)}." if known else ""
+        raise StoreError(f"The log at {store.location} has no policy {policy_id!r}.{hint}")
+    if as_json:
+        out_console.out(json.dumps([v.to_dict() for v in versions], indent=2), highlight=False)
+        return
+    table = Table("ref", "version", "hash", "first seen (UTC)", "decisions", "title", box=None)
+    for v in versions:
+        table.add_row(
+            f"@{v.number}",
+            escape(v.version),
+            v.hash[:12],
+            v.first_seen[:19].replace("T", " "),
+            str(v.decisions),
+            escape(v.title),
+        )
+    out_console.print(table)
+
+
+@policy_app.command("diff")
+def diff(
+    policy_id: Annotated[str, typer.Argument(help="Policy id.")],
+    old: Annotated[str, typer.Argument(help="Older version: @N, hash prefix or version label.")],
+    new: Annotated[str, typer.Argument(help="Newer version, the same ways.")],
+    database: DatabaseOption = None,
+) -> None:
+    """A unified diff between two recorded texts of a policy."""
+    with Store(database) as store:
+        a = store.policy_version(policy_id, old)
+        b = store.policy_version(policy_id, new)
+    lines = difflib.unified_diff(
+        a.text.splitlines(keepends=True),
+        b.text.splitlines(keepends=True),
+        fromfile=f"{policy_id}@{a.number} version {a.version} ({a.hash[:12]})",
+        tofile=f"{policy_id}@{b.number} version {b.version} ({b.hash[:12]})",
+    )
+    text = "".join(line if line.endswith("\n") else line + "\n" for line in lines)
+    if not text:
+        out_console.print("The two versions have the same text.")
+        return
+    if out_console.is_terminal:
+        out_console.print(Syntax(text, "diff", theme="ansi_dark", background_color="default"))
+    else:
+        out_console.out(text, highlight=False, end="")
 
 
 def _identity(policy: Policy) -> dict[str, Any]:

@@ -1,0 +1,80 @@
+"""The decision log and policy versions: schema, migrations, recording, queries, verification.
+
+`Store` is the log; `Recorder` is what the engine calls after every decision, so `classify`,
+eval, batch jobs and the server all record through one path.
+
+Example:
+    >>> from magistrate import Classifier
+    >>> from magistrate.store import Recorder, Store
+    >>> clf = Classifier("spam", mode="score", recorder=Recorder(Store()))
+    >>> Store().decisions(policy_id="spam", limit=10)
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from magistrate.decision import Decision
+from magistrate.errors import StoreError
+from magistrate.item import Item
+from magistrate.policy import Policy
+from magistrate.store.records import GENESIS, PolicyVersion, StoredDecision, VerifyReport
+from magistrate.store.store import (
+    DATABASE_ENV,
+    DecisionFilter,
+    Entry,
+    Store,
+    default_database_path,
+    parse_since,
+    resolve_url,
+)
+
+
+class Recorder:
+    """Records each decision the engine makes into a `Store`.
+
+    Args:
+        store: The log to write to.
+        keep_content: Store the content itself (True) or only its SHA-256 (False: redaction).
+    """
+
+    def __init__(self, store: Store, *, keep_content: bool = True) -> None:
+        self.store = store
+        self.keep_content = keep_content
+
+    def record(self, decision: Decision, policy: Policy, item: Item) -> int:
+        """Record one decision; returns its chain position.
+
+        Raises:
+            StoreError: The decision was made but not recorded (the message names it).
+        """
+        try:
+            return self.store.record(
+                decision, policy=policy, content=item.text if self.keep_content else None
+            )
+        except StoreError as exc:
+            label = decision.verdict.label if decision.ok else decision.verdict.status.value
+            raise StoreError(
+                f"Decision {decision.id} (item {decision.item_id or decision.item_hash[:12]}: "
+                f"{label}) was made but NOT recorded. {exc}"
+            ) from exc
+
+    async def arecord(self, decision: Decision, policy: Policy, item: Item) -> int:
+        """`record` off the event loop."""
+        return await asyncio.to_thread(self.record, decision, policy, item)
+
+
+__all__ = [
+    "DATABASE_ENV",
+    "GENESIS",
+    "DecisionFilter",
+    "Entry",
+    "PolicyVersion",
+    "Recorder",
+    "Store",
+    "StoredDecision",
+    "VerifyReport",
+    "default_database_path",
+    "parse_since",
+    "resolve_url",
+]

@@ -1,0 +1,127 @@
+"""Named, append-only schema migrations, applied in order when a store opens.
+
+Each migration is a function of one open write transaction. Its name goes into the
+`magistrate_migrations` table in the same transaction, so a migration is applied entirely or
+not at all, and two processes opening a new log at once apply it once (the write lock that
+every write transaction takes serialises them). Never edit a migration that has shipped: add
+a new one at the end of `MIGRATIONS`. The tables the queries use are read back from the
+database after migrating, so this file is the only place the schema is written down.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+MIGRATIONS_TABLE = "magistrate_migrations"
+
+Migration = Callable[[Connection], None]
+
+# 64-bit on PostgreSQL; plain INTEGER on SQLite (the same 64-bit storage there).
+_BIGINT = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+def _m001_policies_and_decisions(conn: Connection) -> None:
+    meta = sa.MetaData()
+    sa.Table(
+        "policies",
+        meta,
+        # SHA-256 of the exact policy text: a policy version *is* its text.
+        sa.Column("hash", sa.String(64), primary_key=True),
+        sa.Column("policy_id", sa.String(200), nullable=False, index=True),
+        sa.Column("version", sa.String(100), nullable=False),
+        sa.Column("title", sa.Text, nullable=False),
+        sa.Column("text", sa.Text, nullable=False),
+        sa.Column("first_seen", sa.String(32), nullable=False),
+    )
+    sa.Table(
+        "decisions",
+        meta,
+        # Position in the hash chain: 1, 2, 3, ... with no gaps.
+        sa.Column("seq", _BIGINT, primary_key=True, autoincrement=False),
+        sa.Column("id", sa.String(26), nullable=False, unique=True),
+        sa.Column("created_at", sa.String(32), nullable=False, index=True),
+        sa.Column("item_id", sa.Text),
+        sa.Column("item_hash", sa.String(64), nullable=False, index=True),
+        sa.Column("content", sa.Text),  # NULL when the content was redacted
+        sa.Column("policy_hash", sa.String(64), sa.ForeignKey("policies.hash"), nullable=False),
+        sa.Column("policy_id", sa.String(200), nullable=False, index=True),
+        sa.Column("policy_version", sa.String(100), nullable=False),
+        sa.Column("backend", sa.Text, nullable=False),
+        sa.Column("model", sa.Text, nullable=False),
+        sa.Column("effort", sa.String(16), nullable=False),
+        sa.Column("mode", sa.String(16), nullable=False),
+        sa.Column("options", sa.Text, nullable=False),  # canonical JSON
+        sa.Column("status", sa.String(32), nullable=False),
+        sa.Column("label", sa.Text, index=True),
+        sa.Column("violation", sa.Boolean),
+        sa.Column("category", sa.Text),
+        sa.Column("rule_ids", sa.Text, nullable=False),  # canonical JSON list
+        sa.Column("unknown_rule_ids", sa.Text, nullable=False),  # canonical JSON list
+        sa.Column("score", sa.Float),
+        sa.Column("confidence", sa.Text),
+        sa.Column("rationale", sa.Text),
+        sa.Column("answer", sa.Text, nullable=False),
+        sa.Column("label_probs", sa.Text, nullable=False),  # canonical JSON object
+        sa.Column("abstain_reason", sa.Text),
+        sa.Column("reasoning", sa.Text),
+        sa.Column("prompt_tokens", sa.Integer, nullable=False),
+        sa.Column("cached_tokens", sa.Integer, nullable=False),
+        sa.Column("completion_tokens", sa.Integer, nullable=False),
+        sa.Column("reasoning_tokens", sa.Integer, nullable=False),
+        sa.Column("latency_s", sa.Float, nullable=False),
+        sa.Column("error", sa.Text),
+        sa.Column("metadata", sa.Text, nullable=False),  # canonical JSON object
+        # Eval runs (and batch jobs) will point their decisions at a run row.
+        sa.Column("run_id", sa.String(26), index=True),
+        sa.Column("prev_hash", sa.String(64), nullable=False),
+        sa.Column("row_hash", sa.String(64), nullable=False, unique=True),
+    )
+    meta.create_all(conn)
+
+
+MIGRATIONS: list[tuple[str, Migration]] = [
+    ("m001_policies_and_decisions", _m001_policies_and_decisions),
+]
+"""Every migration, oldest first. Append only."""
+
+
+def migration_table(meta: sa.MetaData) -> sa.Table:
+    """The table that records which migrations ran (the same on every schema version)."""
+    return sa.Table(
+        MIGRATIONS_TABLE,
+        meta,
+        sa.Column("name", sa.String(200), primary_key=True),
+        sa.Column("applied_at", sa.String(32), nullable=False),
+    )
+
+
+def applied(conn: Connection) -> list[str]:
+    """Names of the migrations already applied, or [] on a new database."""
+    if not sa.inspect(conn).has_table(MIGRATIONS_TABLE):
+        return []
+    table = migration_table(sa.MetaData())
+    return [row[0] for row in conn.execute(sa.select(table.c.name))]
+
+
+def migrate(conn: Connection) -> list[str]:
+    """Apply every pending migration inside the caller's write transaction.
+
+    Returns:
+        The names applied now (empty when the schema was current).
+    """
+    done = set(applied(conn))
+    table = migration_table(sa.MetaData())
+    table.create(conn, checkfirst=True)
+    ran = []
+    for name, step in MIGRATIONS:
+        if name in done:
+            continue
+        step(conn)
+        now = datetime.now(UTC).isoformat(timespec="microseconds")
+        conn.execute(sa.insert(table).values(name=name, applied_at=now))
+        ran.append(name)
+    return ran
