@@ -25,7 +25,7 @@ test: $(STAMP_DEV)
 	$(BIN)/magistrate model install
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy src
-	$(BIN)/pytest -q
+	scripts/with-postgres $(BIN)/pytest -q
 
 lint: $(STAMP_DEV)
 	$(BIN)/ruff check src tests bench
@@ -36,6 +36,7 @@ bench: $(STAMP_BASE)
 	$(BIN)/python bench/prefix_reuse.py
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/modes.py
+	scripts/with-postgres $(BIN)/python bench/store.py
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from magistrate.policy import Policy, load_policy, parse_policy
 
@@ -63,3 +67,46 @@ def embedded_backend() -> Iterator[object]:
     from magistrate.backends import get_backend
 
     yield get_backend("llamacpp/embedded")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_decision_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Keep every test (and the CLI processes it starts) out of the user's own decision log."""
+    path = tmp_path_factory.mktemp("log") / "session.db"
+    old = os.environ.get("MAGISTRATE_DATABASE_URL")
+    os.environ["MAGISTRATE_DATABASE_URL"] = str(path)
+    yield
+    if old is None:
+        os.environ.pop("MAGISTRATE_DATABASE_URL", None)
+    else:
+        os.environ["MAGISTRATE_DATABASE_URL"] = old
+
+
+POSTGRES_ENV = "MAGISTRATE_TEST_POSTGRES_URL"
+
+
+def postgres_url() -> str:
+    """The test server's URL (scripts/with-postgres sets it); skip or fail when absent."""
+    url = os.environ.get(POSTGRES_ENV)
+    if not url:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the PostgreSQL tests: {POSTGRES_ENV} is not set.")
+        pytest.skip(f"no PostgreSQL: run through scripts/with-postgres (sets {POSTGRES_ENV})")
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A URL for an empty log: a new SQLite file, or a new schema on the test PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'log.db'}"
+        return
+    base = postgres_url().replace("postgresql://", "postgresql+psycopg://", 1)
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(base)
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    yield f"{base}?options=-csearch_path%3D{schema}"
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+    admin.dispose()

@@ -123,3 +123,68 @@ def test_lint_fails_on_errors(tmp_path: Path):
     result = cli("policy", "lint", str(bad))
     assert result.returncode == 1 and "undefined-label" in result.stdout
     assert f"{bad}:5" in result.stdout.replace("\n", "")
+
+
+@pytest.mark.model
+def test_decisions_are_logged_listed_shown_and_verified(spam, tmp_path):
+    import sqlite3
+
+    db = str(tmp_path / "log.db")
+    first = cli("classify", "-p", "spam", "--mode", "score", "--json", "--database", db, IPHONE)
+    second = cli(
+        "classify",
+        "-p",
+        "spam",
+        "--mode",
+        "score",
+        "--json",
+        "--database",
+        db,
+        "--redact",
+        "See you at dinner at 7?",
+    )
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    ids = [json.loads(r.stdout)["id"] for r in (first, second)]
+
+    listed = cli("logs", "list", "--json", "--database", db)
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert [r["id"] for r in rows] == ids[::-1]  # newest first
+    assert all(r["policy"]["hash"] == spam.hash for r in rows)
+    assert all(r["model"] == "qwen2.5-coder-1.5b-instruct-q4_k_m" for r in rows)
+    assert rows[1]["content"] == IPHONE and rows[0]["content"] is None  # --redact
+    table = cli("logs", "list", "--database", db).stdout
+    assert ids[0] in table and ids[1] in table and spam.hash[:8] in table
+
+    shown = cli("logs", "show", ids[0], "--database", db)
+    assert shown.returncode == 0 and spam.text.strip() in shown.stdout
+
+    assert cli("logs", "verify", "--database", db).returncode == 0
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE decisions SET score = 0.01 WHERE id = ?", (ids[0],))
+    failed = cli("logs", "verify", "--database", db)
+    assert failed.returncode == 4 and ids[0] in failed.stderr
+
+    history = cli("policy", "history", "spam", "--json", "--database", db)
+    assert json.loads(history.stdout)[0]["decisions"] == 2
+
+
+@pytest.mark.model
+def test_no_log_records_nothing(tmp_path):
+    db = tmp_path / "log.db"
+    result = cli(
+        "classify", "-p", "spam", "--mode", "score", "--no-log", "--database", str(db), IPHONE
+    )
+    assert result.returncode == 0 and not db.exists()
+
+
+def test_log_commands_on_bad_logs(tmp_path):
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"not sqlite at all" * 10)
+    result = cli("logs", "list", "--database", str(junk))
+    assert result.returncode == 1 and "not a SQLite database" in result.stderr
+    empty = str(tmp_path / "empty.db")
+    assert "No decisions" in cli("logs", "list", "--database", empty).stderr
+    missing = cli("logs", "show", "01ABCDEFGH", "--database", empty)
+    assert missing.returncode == 1 and "No decision" in missing.stderr
+    assert cli("logs", "export", "--format", "xml", "--database", empty).returncode == 1
+    assert cli("policy", "history", "spam", "--database", empty).returncode == 1

@@ -103,3 +103,36 @@ def test_bad_settings(spam):
         Classifier(spam, MockBackend(), mode="vibes")
     with pytest.raises(ConfigError, match="Unknown model"):
         Classifier(spam, "nosuch/model")
+
+
+def test_every_decision_is_recorded_including_abstentions(spam, tmp_path):
+    from magistrate.store import Recorder, Store
+
+    store = Store(tmp_path / "log.db")
+    backend = MockBackend(script=[GOOD, BackendTimeout("slow")])
+    clf = Classifier(spam, backend, fallback=False, recorder=Recorder(store))
+    decisions = run(clf.classify_many(["Win a prize", "Dinner at 7?"]))
+    rows = {r.id: r for r in store.decisions()}
+    assert set(rows) == {d.id for d in decisions}
+    assert {r.decision.verdict.status for r in rows.values()} == {
+        ParseStatus.OK,
+        ParseStatus.ERROR,
+    }
+    assert {r.content for r in rows.values()} == {"Win a prize", "Dinner at 7?"}
+    assert all(rows[d.id].decision == d for d in decisions)  # recording changes nothing
+
+
+def test_redacting_recorder_and_a_failing_store(spam, tmp_path):
+    from magistrate.errors import StoreError
+    from magistrate.store import Recorder, Store
+
+    store = Store(tmp_path / "log.db")
+    clf = Classifier(
+        spam, MockBackend(script=[GOOD, GOOD]), recorder=Recorder(store, keep_content=False)
+    )
+    d = run(clf.classify("Win a prize"))
+    assert store.decision(d.id).content is None
+    with store.engine.begin() as conn:  # make the next write fail
+        conn.exec_driver_sql("DROP TABLE decisions")
+    with pytest.raises(StoreError, match="was made but NOT recorded"):
+        run(clf.classify("Win again"))
