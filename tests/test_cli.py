@@ -188,3 +188,49 @@ def test_log_commands_on_bad_logs(tmp_path):
     assert missing.returncode == 1 and "No decision" in missing.stderr
     assert cli("logs", "export", "--format", "xml", "--database", empty).returncode == 1
     assert cli("policy", "history", "spam", "--database", empty).returncode == 1
+
+
+def test_export_history_and_diff(spam, tmp_path):
+    import pyarrow.parquet as pq
+    from storehelp import make_decision
+
+    from magistrate.policy import parse_policy
+    from magistrate.store import Store
+
+    db = str(tmp_path / "log.db")
+    v2 = parse_policy(spam.text.replace("version: 1.0.0", "version: 1.1.0"), source="spam.md")
+    with Store(db) as store:
+        for n, policy in enumerate([spam, spam, v2]):
+            decision, item = make_decision(policy, f"message {n}", item_id=str(n))
+            store.record(decision, policy=policy, content=item.text)
+
+    out = cli("logs", "export", "--database", db)
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["item_id"] for r in rows] == ["0", "1", "2"] and rows[2]["content"] == "message 2"
+    parquet = tmp_path / "d.parquet"
+    done = cli("logs", "export", "--format", "parquet", "-o", str(parquet), "--database", db)
+    assert done.returncode == 0, done.stderr
+    table = pq.read_table(parquet)
+    assert table.num_rows == 3 and table.column("seq").to_pylist() == [1, 2, 3]
+    assert table.column("policy_hash").to_pylist()[2] == v2.hash
+    only = cli(
+        "logs",
+        "export",
+        "--policy",
+        "nope",
+        "--format",
+        "parquet",
+        "-o",
+        str(parquet),
+        "--database",
+        db,
+    )
+    assert only.returncode == 0 and pq.read_table(parquet).num_rows == 0
+
+    history = cli("policy", "history", "spam", "--database", db).stdout
+    assert "@1" in history and "@2" in history and v2.hash[:12] in history
+    diff = cli("policy", "diff", "spam", "@1", "1.1.0", "--database", db)
+    assert diff.returncode == 0
+    assert "-version: 1.0.0" in diff.stdout and "+version: 1.1.0" in diff.stdout
+    same = cli("policy", "diff", "spam", "@2", v2.hash[:8], "--database", db)
+    assert "same text" in same.stdout
