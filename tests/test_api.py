@@ -8,15 +8,18 @@ def test_public_api_is_exactly_all():
     submodules = {
         "backends",
         "cli",
+        "config",
         "decision",
         "embedded",
         "engine",
         "errors",
+        "harmony",
         "ids",
         "item",
         "lint",
         "policy",
         "prompt",
+        "store",
         "verdict",
     }
     assert public - submodules == set(magistrate.__all__) - {"__version__"}

@@ -13,14 +13,18 @@ from magistrate.decision import Decision
 from magistrate.engine import Classifier, classify
 from magistrate.errors import (
     BackendError,
+    BackendRateLimited,
+    BackendRejected,
     BackendTimeout,
     BackendUnavailable,
     ConfigError,
     InputError,
     MagistrateError,
+    MalformedHarmony,
     MissingDependency,
     ModelError,
     PolicyError,
+    StoreError,
 )
 from magistrate.item import Item, Turn
 from magistrate.lint import Finding, lint_policy
@@ -34,6 +38,8 @@ __all__ = [
     "DEFAULT_MODEL",
     "Backend",
     "BackendError",
+    "BackendRateLimited",
+    "BackendRejected",
     "BackendTimeout",
     "BackendUnavailable",
     "Capabilities",
@@ -48,6 +54,7 @@ __all__ = [
     "Item",
     "Label",
     "MagistrateError",
+    "MalformedHarmony",
     "MissingDependency",
     "Mode",
     "ModelError",
@@ -55,6 +62,7 @@ __all__ = [
     "ParseStatus",
     "Policy",
     "PolicyError",
+    "StoreError",
     "Prompt",
     "Turn",
     "Usage",

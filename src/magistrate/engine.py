@@ -41,6 +41,8 @@ from magistrate.verdict import (
 
 MAX_TOKENS_BY_EFFORT = {Effort.LOW: 128, Effort.MEDIUM: 256, Effort.HIGH: 512}
 """Answer budget for models without a reasoning channel (rationale length grows with effort)."""
+REASONING_MAX_TOKENS_BY_EFFORT = {Effort.LOW: 4096, Effort.MEDIUM: 8192, Effort.HIGH: 16384}
+"""Budget for models that reason first (gpt-oss): reasoning cut by the budget leaves no answer."""
 
 DecisionCallback = Callable[[Decision], None]
 
@@ -94,7 +96,12 @@ class Classifier:
         self.timeout_s = timeout_s
         self.fallback = fallback and self.backend.capabilities.constrained
         self.calibrated = calibrated and self.backend.capabilities.label_scores
-        self.max_tokens = max_tokens or MAX_TOKENS_BY_EFFORT[self.effort]
+        budgets = (
+            REASONING_MAX_TOKENS_BY_EFFORT
+            if self.backend.capabilities.native_reasoning
+            else MAX_TOKENS_BY_EFFORT
+        )
+        self.max_tokens = max_tokens or budgets[self.effort]
         self.concurrency = max(1, concurrency or self.backend.max_concurrency)
         self.recorder = recorder
 

@@ -8,8 +8,11 @@
     ├── MissingDependency      an optional package is not installed (message names the install)
     ├── StoreError             the decision log cannot be opened, read or written
     └── BackendError           the backend failed while producing a completion
-        ├── BackendUnavailable the backend cannot be reached or loaded
-        └── BackendTimeout     the backend did not answer in time
+        ├── BackendUnavailable the backend cannot be reached or loaded (after retries)
+        ├── BackendTimeout     the backend did not answer in time
+        ├── BackendRateLimited the server kept answering 429 (after honouring Retry-After)
+        ├── BackendRejected    the server refused the request (HTTP 4xx other than 429)
+        └── MalformedHarmony   a gpt-oss completion whose channel structure is broken
 
 Messages say what happened and how to fix it, in one paragraph. They name ids, hashes and
 paths, never the content being classified.
@@ -56,3 +59,15 @@ class BackendUnavailable(BackendError):
 
 class BackendTimeout(BackendError):
     """The backend did not answer within the time allowed."""
+
+
+class BackendRateLimited(BackendError):
+    """The server kept rate limiting (HTTP 429) past the retries allowed."""
+
+
+class BackendRejected(BackendError):
+    """The server refused the request (HTTP 4xx other than 429); retrying will not help."""
+
+
+class MalformedHarmony(BackendError):
+    """A gpt-oss completion whose harmony structure cannot be read (bad channel header)."""

@@ -2,6 +2,7 @@
 
     llamacpp/embedded          the embedded default model (also: `embedded`)
     llamacpp/<path.gguf>       any GGUF file, in process
+    openai/<model>             any OpenAI-compatible server (--base-url or --endpoint)
     mock/<name>                the scripted backend, for engine unit tests only
 
 Loaded backends are kept per model string, so repeated `classify()` calls reuse one model.
@@ -25,6 +26,7 @@ DEFAULT_MODEL = "llamacpp/embedded"
 _PROVIDERS: dict[str, str] = {
     "llamacpp": "magistrate.backends.llamacpp:LlamaCppBackend",
     "mock": "magistrate.backends.mock:MockBackend",
+    "openai": "magistrate.backends.openai_compat:OpenAIBackend",
 }
 _loaded: dict[str, Backend] = {}
 _lock = threading.Lock()
@@ -68,6 +70,26 @@ def create_backend(model: str, **options: Any) -> Backend:
     return backend
 
 
+def backend_for(
+    model: str, *, base_url: str | None = None, endpoint: str | None = None
+) -> Backend:
+    """The backend for a model string plus the CLI's/server's `--base-url` and `--endpoint`.
+
+    Raises:
+        ConfigError: A base URL or endpoint given for a provider that does not take one.
+    """
+    options: dict[str, Any] = {}
+    if base_url or endpoint:
+        spec = parse_model(model)
+        if spec.provider != "openai":
+            raise ConfigError(
+                f"--base-url and --endpoint are for openai/<model> models, not {model!r}. "
+                f"Use --model openai/{spec.name} to reach a server."
+            )
+        options = {"base_url": base_url, "endpoint": endpoint}
+    return get_backend(model, **options)
+
+
 def get_backend(model: str = DEFAULT_MODEL, **options: Any) -> Backend:
     """The loaded backend for a model string, created on first use and then reused."""
     key = f"{model}|{sorted(options.items())}"
@@ -85,6 +107,7 @@ __all__ = [
     "CompletionOptions",
     "ModelSpec",
     "Usage",
+    "backend_for",
     "create_backend",
     "get_backend",
     "parse_model",

@@ -13,7 +13,7 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from magistrate.backends import DEFAULT_MODEL
+from magistrate.backends import DEFAULT_MODEL, backend_for
 from magistrate.cli.app import EXIT_NO_VERDICT, app, err_console, out_console
 from magistrate.cli.logs import DatabaseOption
 from magistrate.decision import Decision
@@ -45,6 +45,23 @@ def classify(
     model: Annotated[
         str, typer.Option("--model", "-m", envvar="MAGISTRATE_MODEL", help="provider/model.")
     ] = DEFAULT_MODEL,
+    base_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="MAGISTRATE_BASE_URL",
+            help="For openai/<model>: the server's /v1 URL.",
+            show_default=False,
+        ),
+    ] = None,
+    endpoint: Annotated[
+        str | None,
+        typer.Option(
+            envvar="MAGISTRATE_ENDPOINT",
+            help="For openai/<model>: a preset (vllm, ollama, lmstudio, llamacpp, groq, "
+            "openrouter) or an endpoint from the config file.",
+            show_default=False,
+        ),
+    ] = None,
     mode: Annotated[Mode, typer.Option(envvar="MAGISTRATE_MODE", help="reason or score.")] = (
         Mode.REASON
     ),
@@ -86,7 +103,7 @@ def classify(
     store = Store(database) if log else None
     classifier = Classifier(
         policy,
-        model,
+        backend_for(model, base_url=base_url, endpoint=endpoint),
         effort=effort,
         mode=mode,
         max_chars=max_chars,
