@@ -9,7 +9,7 @@ Example:
 
 from magistrate.backends import DEFAULT_MODEL, get_backend
 from magistrate.backends.base import Backend, Capabilities, Completion, CompletionOptions, Usage
-from magistrate.decision import Decision
+from magistrate.decision import Decision, OnAbstain
 from magistrate.engine import Classifier, classify
 from magistrate.errors import (
     BackendError,
@@ -58,12 +58,13 @@ __all__ = [
     "MissingDependency",
     "Mode",
     "ModelError",
+    "OnAbstain",
     "OutputFormat",
     "ParseStatus",
     "Policy",
     "PolicyError",
-    "StoreError",
     "Prompt",
+    "StoreError",
     "Turn",
     "Usage",
     "Verdict",

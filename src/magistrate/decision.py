@@ -10,10 +10,25 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from magistrate.backends.base import Usage
 from magistrate.verdict import Verdict
+
+
+class OnAbstain(StrEnum):
+    """What a decision without a verdict means for a caller that routes content.
+
+    The verdict itself always stays an abstention with its reason; this only sets `flagged`.
+    """
+
+    ERROR = "error"
+    """No routing answer: `flagged` is None and callers must handle it (CLI exit 3)."""
+    FAIL_CLOSED = "fail-closed"
+    """Route it as a violation (`flagged` True): held for review, never waved through."""
+    FAIL_OPEN = "fail-open"
+    """Route it as allowed (`flagged` False), explicitly chosen and recorded as such."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +85,18 @@ class Decision:
         """The verdict's violation flag; None when no verdict was reached."""
         return self.verdict.violation
 
+    @property
+    def on_abstain(self) -> OnAbstain:
+        """The abstention setting this decision was made under (kept in `options`)."""
+        return OnAbstain(self.options.get("on_abstain", OnAbstain.ERROR.value))
+
+    @property
+    def flagged(self) -> bool | None:
+        """What to route by: the violation flag, or for an abstention what `on_abstain` says."""
+        if self.verdict.ok:
+            return self.verdict.violation
+        return {OnAbstain.FAIL_CLOSED: True, OnAbstain.FAIL_OPEN: False}.get(self.on_abstain)
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (the JSON lines `classify --json` prints)."""
         return {
@@ -88,6 +115,7 @@ class Decision:
             "mode": self.mode,
             "options": dict(self.options),
             **{k: v for k, v in self.verdict.to_dict().items()},
+            "flagged": self.flagged,
             "reasoning": self.reasoning,
             "usage": {
                 "prompt_tokens": self.usage.prompt_tokens,

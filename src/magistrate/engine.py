@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from magistrate.backends import DEFAULT_MODEL, Backend, Completion, CompletionOptions, get_backend
 from magistrate.backends.base import Usage
-from magistrate.decision import Decision
+from magistrate.decision import Decision, OnAbstain
 from magistrate.errors import BackendError, BackendTimeout, ConfigError, InputError
 from magistrate.ids import new_ulid
 from magistrate.item import DEFAULT_MAX_CHARS, Item
@@ -63,6 +63,8 @@ class Classifier:
             both modes; the model then writes its rule ids and rationale for that label.
         max_tokens: Answer budget; default from the effort.
         concurrency: Items in flight at once; default is what the backend allows.
+        on_abstain: What an abstention means for routing (`Decision.flagged`): `error`,
+            `fail-closed` (flag it) or `fail-open`; the verdict stays an abstention either way.
         recorder: Records every decision (see `magistrate.store`); None records nothing.
             Recording never changes a verdict; a decision that cannot be recorded raises
             `StoreError` naming it.
@@ -81,6 +83,7 @@ class Classifier:
         calibrated: bool = True,
         max_tokens: int | None = None,
         concurrency: int | None = None,
+        on_abstain: OnAbstain | str = OnAbstain.ERROR,
         recorder: Recorder | None = None,
     ) -> None:
         self.policy = policy if isinstance(policy, Policy) else load_policy(policy)
@@ -103,6 +106,7 @@ class Classifier:
         )
         self.max_tokens = max_tokens or budgets[self.effort]
         self.concurrency = max(1, concurrency or self.backend.max_concurrency)
+        self.on_abstain = _enum(OnAbstain, on_abstain, "on_abstain")
         self.recorder = recorder
 
     def item(self, content: str | bytes | Item, *, id: str | None = None) -> Item:
@@ -252,7 +256,7 @@ class Classifier:
             model=completion.model if completion else self.backend.model,
             effort=self.effort.value,
             mode=self.mode.value,
-            options=options.to_dict(),
+            options={**options.to_dict(), "on_abstain": self.on_abstain.value},
             verdict=verdict,
             reasoning=completion.reasoning if completion else None,
             usage=usage or Usage(),
@@ -285,7 +289,7 @@ def classify(
     return asyncio.run(classifier.classify(content))
 
 
-_E = TypeVar("_E", Effort, Mode)
+_E = TypeVar("_E", Effort, Mode, OnAbstain)
 
 
 def _enum(kind: type[_E], value: _E | str, what: str) -> _E:

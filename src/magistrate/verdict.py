@@ -118,6 +118,12 @@ def parse_verdict(text: str | None, policy: Policy, *, truncated: bool = False) 
             as `truncated` rather than `malformed`.
     """
     answer = (text or "").strip()
+    if not answer and truncated:
+        return failed(
+            ParseStatus.TRUNCATED,
+            detail="the token limit was reached before a final answer (reasoning used it up); "
+            "lower the effort or raise the budget",
+        )
     if not answer:
         return failed(ParseStatus.NO_FINAL_ANSWER, detail="the model gave no final answer")
     answer_body = _FENCE_RE.sub("", answer).strip()

@@ -70,9 +70,7 @@ def create_backend(model: str, **options: Any) -> Backend:
     return backend
 
 
-def backend_for(
-    model: str, *, base_url: str | None = None, endpoint: str | None = None
-) -> Backend:
+def backend_for(model: str, *, base_url: str | None = None, endpoint: str | None = None) -> Backend:
     """The backend for a model string plus the CLI's/server's `--base-url` and `--endpoint`.
 
     Raises:

@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from magistrate.backends import DEFAULT_MODEL, backend_for
 from magistrate.cli.app import EXIT_NO_VERDICT, app, err_console, out_console
 from magistrate.cli.logs import DatabaseOption
-from magistrate.decision import Decision
+from magistrate.decision import Decision, OnAbstain
 from magistrate.engine import Classifier
 from magistrate.errors import InputError
 from magistrate.item import DEFAULT_MAX_CHARS, Item, decode_content, parse_jsonl
@@ -80,6 +80,14 @@ def classify(
         bool,
         typer.Option(help="Choose the label by the policy's threshold, not the raw top token."),
     ] = True,
+    on_abstain: Annotated[
+        OnAbstain,
+        typer.Option(
+            envvar="MAGISTRATE_ON_ABSTAIN",
+            help="What an item without a verdict means: error (exit 3), fail-closed (flag it) "
+            "or fail-open (allow it); the abstention and its reason are recorded either way.",
+        ),
+    ] = OnAbstain.ERROR,
     log: Annotated[
         bool,
         typer.Option(envvar="MAGISTRATE_LOG", help="Record every decision in the decision log."),
@@ -96,7 +104,8 @@ def classify(
 ) -> None:
     """Classify content under a policy: label, rule ids, score and rationale on stdout.
 
-    Exit status 0 when every item got a verdict, 3 when at least one did not, 1 on bad input.
+    Exit status 0 when every item got a verdict (or was routed by --on-abstain), 3 when at
+    least one did not, 1 on bad input.
     """
     items = _read_items(text, file, max_chars)
     # Open the log before loading the model, so a bad --database fails in a second.
@@ -110,6 +119,7 @@ def classify(
         timeout_s=timeout,
         fallback=fallback,
         calibrated=calibrate,
+        on_abstain=on_abstain,
         recorder=Recorder(store, keep_content=log_content) if store else None,
     )
     started = time.perf_counter()
@@ -119,7 +129,7 @@ def classify(
         store.close()
     if len(items) > 1:
         _summary(decisions, items, classifier.policy, elapsed, store)
-    if not all(d.ok for d in decisions):
+    if any(d.flagged is None for d in decisions):
         raise typer.Exit(EXIT_NO_VERDICT)
 
 
@@ -189,6 +199,9 @@ def format_decision(decision: Decision) -> str:
     parts = [f"[bold]{escape(decision.item_id)}[/]"] if decision.item_id else []
     if not v.ok:
         parts.append(f"[bold yellow]NO VERDICT[/] ({v.status.value}) {escape(v.detail or '')}")
+        if decision.flagged is not None:
+            routed = "FLAGGED" if decision.flagged else "ALLOWED"
+            parts.append(f"[bold]-> {routed}[/] ({decision.on_abstain.value})")
         return "  ".join(parts)
     word = "[bold red]VIOLATION[/]" if v.violation else "[bold green]OK[/]       "
     parts.append(f"{word} label={escape(str(v.label))}")
