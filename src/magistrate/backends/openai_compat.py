@@ -32,6 +32,7 @@ import os
 import random
 import re
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -103,13 +104,30 @@ class OpenAIBackend(Backend):
             constrained=False,
             native_reasoning=native,
         )
-        self._client = openai.AsyncOpenAI(
-            base_url=self.endpoint.base_url,
-            api_key=api_key or self._api_key(),
-            max_retries=0,  # retries are ours: only retryable errors, honouring Retry-After
-            timeout=self.endpoint.timeout_s,
-            default_headers=self.endpoint.headers or None,
+        self._api_key_value = api_key or self._api_key()
+        # One client per event loop: an async client's connections belong to the loop that
+        # opened them, and `classify()` / the CLI run a fresh loop per call.
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
+            weakref.WeakKeyDictionary()
         )
+
+    @property
+    def _client(self) -> Any:
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is None:
+            client = self._openai.AsyncOpenAI(
+                base_url=self.endpoint.base_url,
+                api_key=self._api_key_value,
+                max_retries=0,  # retries are ours: only retryable errors, honouring Retry-After
+                timeout=self.endpoint.timeout_s,
+                default_headers=self.endpoint.headers or None,
+            )
+            self._clients[loop] = client
+        return client
+
+    def __repr__(self) -> str:
+        return f"OpenAIBackend({self.model!r}, base_url={self.endpoint.base_url!r})"
 
     def _api_key(self) -> str:
         env = self.endpoint.api_key_env
@@ -125,7 +143,9 @@ class OpenAIBackend(Backend):
         return f"openai/{self.model}"
 
     async def aclose(self) -> None:
-        await self._client.close()
+        client = self._clients.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.close()
 
     def request(self, prompt: Prompt, options: CompletionOptions) -> dict[str, Any]:
         """The Chat Completions request body for a prompt (what goes over the wire)."""
@@ -143,6 +163,8 @@ class OpenAIBackend(Backend):
             if score
             else options.max_tokens,
         }
+        if score and not self.capabilities.native_reasoning:
+            body["stop"] = [",", "\n"]  # the label is all score mode reads: stop right after it
         if self.capabilities.native_reasoning and self.endpoint.reasoning_effort:
             body["reasoning_effort"] = prompt.effort.value
         if self.capabilities.label_scores and options.scores:

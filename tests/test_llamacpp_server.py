@@ -1,0 +1,140 @@
+"""The openai backend against a real server: `python -m llama_cpp.server` serving the embedded
+model on 127.0.0.1, started and stopped by a fixture."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from faultserver import _free_port
+
+from magistrate.backends.openai_compat import OpenAIBackend
+from magistrate.embedded import model_path
+from magistrate.engine import Classifier
+from magistrate.item import Item
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.model
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """The embedded GGUF behind llama-cpp-python's OpenAI-compatible server."""
+    port = _free_port()
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    cmd = [
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(model_path()),
+        "--model_alias",
+        "embedded",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--n_ctx",
+        "4096",
+        "--n_threads",
+        str(os.cpu_count() or 2),
+        "--n_threads_batch",
+        str(os.cpu_count() or 2),
+    ]
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/models", timeout=2) as resp:
+                assert json.load(resp)["data"][0]["id"] == "embedded"
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"llama_cpp.server did not start:\n{log.read_text()[-2000:]}")
+            time.sleep(0.5)
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def examples() -> list[Item]:
+    rows = [json.loads(line) for line in (ROOT / "examples" / "spam.jsonl").open()]
+    return [Item.of(r["text"], id=r["id"]) for r in rows]
+
+
+def test_score_mode_gives_the_in_process_verdicts(served, spam, embedded_backend):
+    items = examples()
+    local = asyncio.run(Classifier(spam, embedded_backend, mode="score").classify_many(items))
+    remote_backend = OpenAIBackend("embedded", base_url=served, max_concurrency=1)
+    remote = asyncio.run(Classifier(spam, remote_backend, mode="score").classify_many(items))
+    assert all(d.ok for d in remote), [d.verdict.detail for d in remote if not d.ok]
+    for here, there in zip(local, remote, strict=True):
+        assert there.verdict.score == pytest.approx(here.verdict.score, abs=0.03), here.item_id
+        if abs(here.verdict.score - spam.threshold) > 0.03:
+            assert there.verdict.label == here.verdict.label, here.item_id
+    same = sum(h.verdict.label == t.verdict.label for h, t in zip(local, remote, strict=True))
+    assert same >= len(items) - 1
+
+
+def test_reason_mode_over_http(served, spam):
+    backend = OpenAIBackend("embedded", base_url=served)
+    d = asyncio.run(
+        Classifier(spam, backend).classify("WINNER!! Claim your FREE cruise: call 09061701461")
+    )
+    assert d.ok and d.violation is True and d.verdict.rationale
+    assert set(d.verdict.rule_ids) <= spam.known_rule_ids and d.verdict.score is not None
+    assert d.backend == "openai/embedded" and d.usage.completion_tokens > 5
+
+
+def test_concurrent_requests_all_answer(served, spam):
+    items = examples()[:6]
+    backend = OpenAIBackend("embedded", base_url=served, max_concurrency=3)
+    clf = Classifier(spam, backend, mode="score")
+    together = asyncio.run(clf.classify_many(items))
+    assert all(d.ok for d in together)
+    alone = [asyncio.run(clf.classify(item)) for item in items[:2]]
+    assert [d.verdict.label for d in alone] == [d.verdict.label for d in together[:2]]
+
+
+def test_cli_against_the_server(served, spam, tmp_path):
+    env = {**os.environ, "NO_COLOR": "1", "MAGISTRATE_DATABASE_URL": str(tmp_path / "log.db")}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "magistrate",
+            "classify",
+            "--model",
+            "openai/embedded",
+            "--base-url",
+            served,
+            "--policy",
+            "spam",
+            "--mode",
+            "score",
+            "--json",
+            "WIN a FREE iPhone!!! Click http://bit.ly/x to claim",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert record["violation"] is True and record["backend"] == "openai/embedded"
+    assert record["policy"]["hash"] == spam.hash
