@@ -3,6 +3,9 @@
     llamacpp/embedded          the embedded default model (also: `embedded`)
     llamacpp/<path.gguf>       any GGUF file, in process
     openai/<model>             any OpenAI-compatible server (--base-url or --endpoint)
+    vllm/<hf id or path>       vLLM's engine in process on a GPU (extra `vllm`)
+    <plugin>/<model>           a third party's backend, from the `magistrate.backends`
+                               entry-point group (`name = "package.module:BackendClass"`)
     mock/<name>                the scripted backend, for engine unit tests only
 
 Loaded backends are kept per model string, so repeated `classify()` calls reuse one model.
@@ -14,20 +17,61 @@ Example:
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+import importlib.util
 import threading
 from dataclasses import dataclass
 from typing import Any
 
 from magistrate.backends.base import Backend, Capabilities, Completion, CompletionOptions, Usage
-from magistrate.errors import ConfigError
+from magistrate.errors import ConfigError, MissingDependency
 
 DEFAULT_MODEL = "llamacpp/embedded"
+ENTRY_POINT_GROUP = "magistrate.backends"
 
-_PROVIDERS: dict[str, str] = {
+_BUILTIN: dict[str, str] = {
     "llamacpp": "magistrate.backends.llamacpp:LlamaCppBackend",
     "mock": "magistrate.backends.mock:MockBackend",
     "openai": "magistrate.backends.openai_compat:OpenAIBackend",
+    "vllm": "magistrate.backends.vllm_offline:VLLMBackend",
 }
+REQUIREMENTS: dict[str, tuple[str, str]] = {
+    "llamacpp": ("llama_cpp", "llamacpp"),
+    "openai": ("openai", "openai"),
+    "vllm": ("vllm", "vllm"),
+}
+"""provider -> (module it needs, the extra that installs it)."""
+
+
+@dataclass(frozen=True)
+class Provider:
+    """A backend provider: built in, or registered by another package's entry point."""
+
+    name: str
+    target: str
+    """`module:Class`, imported only when the provider is chosen."""
+    origin: str
+    """`built-in`, or the distribution that registered it."""
+
+    @property
+    def missing(self) -> str | None:
+        """The install command when the provider's dependency is absent, else None."""
+        need = REQUIREMENTS.get(self.name)
+        if need is None or importlib.util.find_spec(need[0]) is not None:
+            return None
+        return f"pip install 'magistrate[{need[1]}]'"
+
+
+def providers() -> dict[str, Provider]:
+    """Every provider: the built-in ones, then entry points (which cannot replace them)."""
+    found = {name: Provider(name, target, "built-in") for name, target in _BUILTIN.items()}
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name not in found:
+            origin = ep.dist.name if ep.dist is not None else "entry point"
+            found[ep.name] = Provider(ep.name, ep.value, origin)
+    return found
+
+
 _loaded: dict[str, Backend] = {}
 _lock = threading.Lock()
 
@@ -50,11 +94,12 @@ def parse_model(model: str) -> ModelSpec:
     if model in ("", "embedded", "default"):
         return ModelSpec("llamacpp", "embedded")
     provider, sep, name = model.partition("/")
-    if not sep or provider not in _PROVIDERS:
+    known = providers()
+    if not sep or provider not in known:
         raise ConfigError(
             f"Unknown model {model!r}. Use provider/name with a provider from "
-            f"{', '.join(sorted(_PROVIDERS))}, e.g. llamacpp/embedded or "
-            "llamacpp/path/to/model.gguf."
+            f"{', '.join(sorted(known))}, e.g. llamacpp/embedded, "
+            "llamacpp/path/to/model.gguf or openai/gpt-oss-safeguard-20b."
         )
     if not name:
         raise ConfigError(f"Model {model!r} names no model after '{provider}/'.")
@@ -64,8 +109,17 @@ def parse_model(model: str) -> ModelSpec:
 def create_backend(model: str, **options: Any) -> Backend:
     """Construct a new backend for a model string (no caching)."""
     spec = parse_model(model)
-    module_name, _, class_name = _PROVIDERS[spec.provider].partition(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
+    provider = providers()[spec.provider]
+    if provider.missing:
+        raise MissingDependency(f"The {spec.provider} backend is not installed: {provider.missing}")
+    module_name, _, class_name = provider.target.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(
+            f"Backend {spec.provider!r} ({provider.target}, from {provider.origin}) cannot be "
+            f"loaded: {exc}"
+        ) from None
     backend: Backend = cls(spec.name, **options)
     return backend
 
@@ -104,9 +158,11 @@ __all__ = [
     "Completion",
     "CompletionOptions",
     "ModelSpec",
+    "Provider",
     "Usage",
     "backend_for",
     "create_backend",
     "get_backend",
     "parse_model",
+    "providers",
 ]

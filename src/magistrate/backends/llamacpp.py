@@ -144,6 +144,11 @@ class LlamaCppBackend(Backend):
         # (the main thread, then asyncio's worker threads) was measured 30% slower per item,
         # and the model is not thread-safe anyway.
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llamacpp")
+        # gpt-oss GGUFs speak harmony: prompts are rendered by openai-harmony as tokens (their
+        # vocabulary is o200k_harmony) and completions are parsed channel by channel.
+        self.harmony = self._llm.metadata.get("general.architecture") == "gpt-oss"
+        if self.harmony:
+            self.capabilities = Capabilities(native_reasoning=True)
         self._format = self._chat_formatter()
         self._marker = os.urandom(8).hex()
         self._candidates: dict[tuple[str, ...], list[list[int]]] = {}
@@ -236,6 +241,8 @@ class LlamaCppBackend(Backend):
         append the chosen label's tokens and let llama.cpp generate the rest. Generation
         itself runs without a logits processor, so it costs what raw llama-cpp-python costs.
         """
+        if self.harmony:
+            return self._complete_harmony(prompt, options)
         use_prefill = not options.constrained
         tokens = self.prompt_tokens(prompt, prefill=use_prefill)
         budget = 1 if options.constrain_label else options.max_tokens
@@ -278,6 +285,61 @@ class LlamaCppBackend(Backend):
             latency_s=latency,
             label_probs=label.probs(prompt.candidates) if label else None,
             label_mass=label.mass if label else None,
+        )
+
+    def _complete_harmony(self, prompt: Prompt, options: CompletionOptions) -> Completion:
+        """A gpt-oss completion: harmony tokens in, raw tokens out until `<|return|>`/`<|call|>`."""
+        from magistrate import harmony
+
+        tokens = harmony.render_tokens(
+            prompt.system, prompt.messages[-1].content, effort=prompt.effort.value
+        )
+        if len(tokens) + options.max_tokens > self.n_ctx:
+            raise InputError(
+                f"The prompt is {len(tokens):,} tokens and up to {options.max_tokens:,} more are "
+                f"allowed for reasoning and answer, but the context holds {self.n_ctx:,}. Load "
+                "the model with a larger n_ctx, lower the effort, or shorten the content."
+            )
+        cached = self._cached_prefix(tokens)
+        deadline = time.monotonic() + options.timeout_s if options.timeout_s else None
+        start = time.perf_counter()
+        self._llm.set_seed(options.seed)
+        out: list[int] = []
+        stopped = False
+        try:
+            for token in self._llm.generate(
+                tokens,
+                temp=options.temperature,
+                top_p=options.top_p,
+                top_k=0,
+                min_p=0.0,
+                repeat_penalty=1.0,
+            ):
+                out.append(int(token))
+                if token in harmony.STOP_TOKEN_IDS:
+                    stopped = True
+                    break
+                if len(out) >= options.max_tokens:
+                    break
+                if deadline is not None and time.monotonic() > deadline:
+                    raise BackendTimeout(
+                        f"{self.name} did not finish within {options.timeout_s:g} s."
+                    )
+        except RuntimeError as exc:
+            raise BackendError(f"llama.cpp failed while generating: {exc}") from None
+        parsed = harmony.parse_completion(harmony.decode(out))
+        return Completion(
+            text=parsed.final or "",
+            model=self.model,
+            reasoning=parsed.reasoning,
+            finish_reason="length" if parsed.truncated or not stopped else "stop",
+            usage=Usage(
+                prompt_tokens=len(tokens),
+                cached_tokens=cached,
+                completion_tokens=len(out),
+                reasoning_tokens=len(harmony.encoding().encode(parsed.reasoning or "")),
+            ),
+            latency_s=time.perf_counter() - start,
         )
 
     def _read_label(

@@ -24,4 +24,5 @@ err_console = Console(stderr=True, highlight=False)
 from magistrate.cli import classify as _classify  # noqa: E402,F401
 from magistrate.cli import logs as _logs  # noqa: E402,F401
 from magistrate.cli import model as _model  # noqa: E402,F401
+from magistrate.cli import models as _models  # noqa: E402,F401
 from magistrate.cli import policy as _policy  # noqa: E402,F401
