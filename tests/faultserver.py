@@ -156,6 +156,11 @@ class FaultServer:
         lp = _logprobs(text, text.index("1"), 0.8) if body.get("logprobs") else None
         return JSONResponse(_completion(model, _message(text), logprobs=lp))
 
+    async def s_delay(self, model: str, n: int, body: dict[str, Any]) -> Response:
+        """A server that takes 200 ms per request and runs any number of them at once."""
+        await asyncio.sleep(0.2)
+        return JSONResponse(_completion(model, _message(ANSWER, reasoning=REASONING)))
+
     # -- failures --------------------------------------------------------------------------
 
     async def s_slow(self, model: str, n: int, body: dict[str, Any]) -> Response:
