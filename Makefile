@@ -37,6 +37,7 @@ bench: $(STAMP_BASE)
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/modes.py
 	scripts/with-postgres $(BIN)/python bench/store.py
+	$(BIN)/python bench/concurrency.py
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

@@ -33,7 +33,7 @@ import random
 import re
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -107,15 +107,15 @@ class OpenAIBackend(Backend):
         self._api_key_value = api_key or self._api_key()
         # One client per event loop: an async client's connections belong to the loop that
         # opened them, and `classify()` / the CLI run a fresh loop per call.
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._clients: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, tuple[Any, AsyncGenerator[None, None]]
+        ] = weakref.WeakKeyDictionary()
 
-    @property
-    def _client(self) -> Any:
+    async def _client(self) -> Any:
+        """This event loop's client; closed by the loop's own shutdown (`asyncio.run`)."""
         loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
-        if client is None:
+        entry = self._clients.get(loop)
+        if entry is None:
             client = self._openai.AsyncOpenAI(
                 base_url=self.endpoint.base_url,
                 api_key=self._api_key_value,
@@ -123,8 +123,10 @@ class OpenAIBackend(Backend):
                 timeout=self.endpoint.timeout_s,
                 default_headers=self.endpoint.headers or None,
             )
-            self._clients[loop] = client
-        return client
+            closer = _close_at_shutdown(client)
+            await closer.__anext__()  # the loop now owns it: shutdown_asyncgens() closes it
+            entry = self._clients[loop] = (client, closer)
+        return entry[0]
 
     def __repr__(self) -> str:
         return f"OpenAIBackend({self.model!r}, base_url={self.endpoint.base_url!r})"
@@ -143,9 +145,9 @@ class OpenAIBackend(Backend):
         return f"openai/{self.model}"
 
     async def aclose(self) -> None:
-        client = self._clients.pop(asyncio.get_running_loop(), None)
-        if client is not None:
-            await client.close()
+        entry = self._clients.pop(asyncio.get_running_loop(), None)
+        if entry is not None:
+            await entry[1].aclose()
 
     def request(self, prompt: Prompt, options: CompletionOptions) -> dict[str, Any]:
         """The Chat Completions request body for a prompt (what goes over the wire)."""
@@ -217,7 +219,8 @@ class OpenAIBackend(Backend):
             if remaining <= 0:
                 raise BackendTimeout(f"{self.name} did not answer within {timeout:g} s.")
             try:
-                return await self._client.chat.completions.create(**body, timeout=remaining)
+                client = await self._client()
+                return await client.chat.completions.create(**body, timeout=remaining)
             except openai.APITimeoutError:
                 raise BackendTimeout(f"{self.name} did not answer within {timeout:g} s.") from None
             except openai.APIConnectionError as exc:
@@ -244,6 +247,18 @@ class OpenAIBackend(Backend):
             if attempt > self.endpoint.max_retries or wait >= deadline - time.monotonic():
                 raise error from None
             await asyncio.sleep(wait)
+
+
+async def _close_at_shutdown(client: Any) -> AsyncGenerator[None, None]:
+    """Suspended until its loop shuts its async generators down, then closes `client`.
+
+    A client's connections belong to the loop that opened them; closing it after that loop
+    is gone fails ("Event loop is closed"), so it is closed as the loop shuts down.
+    """
+    try:
+        yield
+    finally:
+        await client.close()
 
 
 def _as_dict(obj: Any) -> dict[str, Any]:
