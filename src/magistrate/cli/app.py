@@ -22,6 +22,7 @@ err_console = Console(stderr=True, highlight=False)
 
 # Register the commands (each module adds itself to `app`).
 from magistrate.cli import classify as _classify  # noqa: E402,F401
+from magistrate.cli import eval as _eval  # noqa: E402,F401
 from magistrate.cli import logs as _logs  # noqa: E402,F401
 from magistrate.cli import model as _model  # noqa: E402,F401
 from magistrate.cli import models as _models  # noqa: E402,F401

@@ -36,11 +36,15 @@ class Recorder:
     Args:
         store: The log to write to.
         keep_content: Store the content itself (True) or only its SHA-256 (False: redaction).
+        run_id: Mark every decision as part of this eval run or batch job.
     """
 
-    def __init__(self, store: Store, *, keep_content: bool = True) -> None:
+    def __init__(
+        self, store: Store, *, keep_content: bool = True, run_id: str | None = None
+    ) -> None:
         self.store = store
         self.keep_content = keep_content
+        self.run_id = run_id
 
     def record(self, decision: Decision, policy: Policy, item: Item) -> int:
         """Record one decision; returns its chain position.
@@ -50,7 +54,10 @@ class Recorder:
         """
         try:
             return self.store.record(
-                decision, policy=policy, content=item.text if self.keep_content else None
+                decision,
+                policy=policy,
+                content=item.text if self.keep_content else None,
+                run_id=self.run_id,
             )
         except StoreError as exc:
             label = decision.verdict.label if decision.ok else decision.verdict.status.value

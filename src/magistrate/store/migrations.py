@@ -83,8 +83,35 @@ def _m001_policies_and_decisions(conn: Connection) -> None:
     meta.create_all(conn)
 
 
+def _m002_eval_runs(conn: Connection) -> None:
+    meta = sa.MetaData()
+    sa.Table(
+        "eval_runs",
+        meta,
+        sa.Column("id", sa.String(26), primary_key=True),
+        sa.Column("created_at", sa.String(32), nullable=False, index=True),
+        sa.Column("dataset", sa.Text, nullable=False),
+        sa.Column("dataset_hash", sa.String(64), nullable=False),
+        sa.Column("policy_id", sa.String(200), nullable=False, index=True),
+        sa.Column("policy_hash", sa.String(64), nullable=False, index=True),
+        sa.Column("backend", sa.Text, nullable=False),
+        sa.Column("effort", sa.String(16), nullable=False),
+        sa.Column("mode", sa.String(16), nullable=False),
+        sa.Column("spec", sa.Text, nullable=False),  # canonical JSON
+        sa.Column("metrics", sa.Text, nullable=False),  # canonical JSON
+        sa.Column("result_path", sa.Text),
+    )
+    meta.create_all(conn)
+    # The eval cache looks decisions up by what produced them and by item.
+    decisions = sa.Table("decisions", sa.MetaData(), autoload_with=conn)
+    sa.Index(
+        "ix_decisions_cache", decisions.c.policy_hash, decisions.c.backend, decisions.c.item_hash
+    ).create(conn)
+
+
 MIGRATIONS: list[tuple[str, Migration]] = [
     ("m001_policies_and_decisions", _m001_policies_and_decisions),
+    ("m002_eval_runs", _m002_eval_runs),
 ]
 """Every migration, oldest first. Append only."""
 

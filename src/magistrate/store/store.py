@@ -16,9 +16,10 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -39,6 +40,7 @@ from magistrate.store.records import (
     PolicyVersion,
     StoredDecision,
     VerifyReport,
+    canonical_json,
     decision_row,
     row_hash,
     stored_decision,
@@ -93,6 +95,12 @@ class DecisionFilter:
     abstained: bool = False
     item_hash: str | None = None
     run_id: str | None = None
+    policy_hash: str | None = None
+    backend: str | None = None
+    effort: str | None = None
+    mode: str | None = None
+    ok: bool = False
+    """Only decisions that reached a verdict."""
 
 
 class Store:
@@ -169,7 +177,7 @@ class Store:
     def _reflect(self) -> dict[str, sa.Table]:
         meta = sa.MetaData()
         with self._errors("read"), self.engine.connect() as conn:
-            meta.reflect(conn, only=["policies", "decisions"])
+            meta.reflect(conn, only=["policies", "decisions", "eval_runs"])
         return dict(meta.tables)
 
     def close(self) -> None:
@@ -248,20 +256,28 @@ class Store:
 
     # -- writing --------------------------------------------------------------------------
 
-    def record(self, decision: Decision, *, policy: Policy, content: str | None = None) -> int:
+    def record(
+        self,
+        decision: Decision,
+        *,
+        policy: Policy,
+        content: str | None = None,
+        run_id: str | None = None,
+    ) -> int:
         """Append one decision (and its policy text, if new). Returns its chain position.
 
         Args:
             decision: The decision to record.
             policy: The policy it was made under (its hash must match the decision's).
             content: The content judged; None stores its hash alone (redaction).
+            run_id: The eval run (or batch job) the decision belongs to.
 
         Raises:
             StoreError: Nothing was recorded; the message says why.
         """
-        return self.record_many([(decision, policy, content)])[0]
+        return self.record_many([(decision, policy, content)], run_id=run_id)[0]
 
-    def record_many(self, entries: Iterable[Entry]) -> list[int]:
+    def record_many(self, entries: Iterable[Entry], *, run_id: str | None = None) -> list[int]:
         """Append several decisions in one transaction: all are recorded, or none."""
         batch = list(entries)
         for decision, policy, _ in batch:
@@ -286,7 +302,12 @@ class Store:
             rows = []
             for decision, _, content in batch:
                 seq += 1
-                row = {"seq": seq, **decision_row(decision, content=content), "prev_hash": prev}
+                row = {
+                    "seq": seq,
+                    **decision_row(decision, content=content),
+                    "run_id": run_id,
+                    "prev_hash": prev,
+                }
                 row["row_hash"] = prev = row_hash(row)
                 rows.append(row)
             conn.execute(sa.insert(decisions), rows)
@@ -414,7 +435,37 @@ class Store:
             query = query.where(d.c.item_hash == where.item_hash)
         if where.run_id is not None:
             query = query.where(d.c.run_id == where.run_id)
+        for name in ("policy_hash", "backend", "effort", "mode"):
+            value = getattr(where, name)
+            if value is not None:
+                query = query.where(d.c[name] == value)
+        if where.ok:
+            query = query.where(d.c.status == "ok")
         return query
+
+    # -- eval runs ------------------------------------------------------------------------
+
+    def add_run(self, run: Mapping[str, Any]) -> None:
+        """Record an eval run (columns of `eval_runs`; spec and metrics as dicts)."""
+        runs = self.tables["eval_runs"]
+        row = dict(run)
+        row["spec"] = canonical_json(row["spec"])
+        row["metrics"] = canonical_json(row["metrics"])
+        with self._write() as conn:
+            conn.execute(sa.insert(runs).values(**row))
+
+    def runs(self, *, policy_id: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """Eval runs, newest first, with spec and metrics decoded."""
+        runs = self.tables["eval_runs"]
+        query = sa.select(runs).order_by(runs.c.created_at.desc()).limit(limit)
+        if policy_id is not None:
+            query = query.where(runs.c.policy_id == policy_id)
+        with self._read() as conn:
+            rows = [dict(r._mapping) for r in conn.execute(query)]
+        for row in rows:
+            row["spec"] = json.loads(row["spec"])
+            row["metrics"] = json.loads(row["metrics"])
+        return rows
 
     # -- policies -------------------------------------------------------------------------
 

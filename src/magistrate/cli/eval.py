@@ -1,0 +1,266 @@
+"""`magistrate eval`: measure a policy on a labelled dataset; `eval compare` two runs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from magistrate.backends import DEFAULT_MODEL, backend_for
+from magistrate.cli.app import app, err_console, out_console
+from magistrate.cli.logs import DatabaseOption
+from magistrate.decision import OnAbstain
+from magistrate.engine import Classifier
+from magistrate.errors import ConfigError
+from magistrate.evaluate.compare import compare as compare_results
+from magistrate.evaluate.compare import load_result
+from magistrate.evaluate.datasets import DATA_DIR_ENV, Columns, load_dataset
+from magistrate.evaluate.runner import EvalResult, ItemResult, run_eval
+from magistrate.prompt import Effort, Mode
+from magistrate.store import Store
+
+eval_app = typer.Typer(
+    help="Evaluate a policy on labelled data (run with --dataset/--policy), or compare runs.",
+    invoke_without_command=True,
+)
+app.add_typer(eval_app, name="eval")
+
+
+@eval_app.callback()
+def run(
+    ctx: typer.Context,
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            "--dataset",
+            help="Built-in name (openai-moderation-2022, toxicchat[:human|:train], sms-spam) "
+            "or a .jsonl/.csv/.tsv/.parquet file.",
+        ),
+    ] = None,
+    policy: Annotated[
+        str | None, typer.Option("--policy", "-p", help="Policy file or bundled name.")
+    ] = None,
+    model: Annotated[
+        str, typer.Option("--model", "-m", envvar="MAGISTRATE_MODEL", help="provider/model.")
+    ] = DEFAULT_MODEL,
+    base_url: Annotated[str | None, typer.Option(envvar="MAGISTRATE_BASE_URL")] = None,
+    endpoint: Annotated[str | None, typer.Option(envvar="MAGISTRATE_ENDPOINT")] = None,
+    mode: Annotated[Mode, typer.Option(envvar="MAGISTRATE_MODE")] = Mode.SCORE,
+    effort: Annotated[Effort, typer.Option(envvar="MAGISTRATE_EFFORT")] = Effort.MEDIUM,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(envvar=DATA_DIR_ENV, help="Folder holding the built-in datasets."),
+    ] = None,
+    text_col: Annotated[str | None, typer.Option(help="Column with the text (files).")] = None,
+    label_col: Annotated[str | None, typer.Option(help="Column with the gold label.")] = None,
+    id_col: Annotated[str | None, typer.Option(help="Column with the item id.")] = None,
+    positive: Annotated[
+        list[str] | None,
+        typer.Option(help="A label value that means violating (repeat for several)."),
+    ] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N items.")] = None,
+    sample: Annotated[
+        int | None, typer.Option(min=1, help="A stratified random sample of N items.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed for --sample and the threshold split.")] = 0,
+    max_errors: Annotated[
+        float | None,
+        typer.Option(help="Abort past this many items without a verdict (N, or a fraction < 1)."),
+    ] = None,
+    threshold_split: Annotated[
+        float | None,
+        typer.Option(
+            min=0.05, max=0.95, help="Choose the threshold on this fraction, report on the rest."
+        ),
+    ] = None,
+    calibrate: Annotated[bool, typer.Option(help="Apply the policy's threshold.")] = True,
+    cache: Annotated[bool, typer.Option(help="Reuse verdicts already in the decision log.")] = True,
+    timeout: Annotated[float | None, typer.Option(min=0.1, help="Seconds per item.")] = None,
+    on_abstain: Annotated[OnAbstain, typer.Option()] = OnAbstain.ERROR,
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Folder for the result JSON.")
+    ] = Path("eval-runs"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
+    database: DatabaseOption = None,
+) -> None:
+    """Judge every labelled item of a dataset under a policy and report P/R/F1 and more.
+
+    Writes OUTPUT/<run id>.json (spec, metrics, per-item rows). Every decision goes into the
+    decision log, which is also the cache: a re-run only judges what changed.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    if dataset is None or policy is None:
+        raise ConfigError("Give --dataset and --policy (or a subcommand: compare).")
+    columns = Columns(text=text_col, label=label_col, id=id_col, positive=frozenset(positive or ()))
+    data = load_dataset(dataset, data_dir_path=data_dir, columns=columns).labelled()
+    if sample is not None:
+        data = data.sample(sample, seed=seed)
+    if limit is not None:
+        data = data.limit(limit)
+    if not len(data):
+        raise ConfigError(f"Dataset {dataset!r} has no items with a gold label.")
+    store = Store(database)
+    classifier = Classifier(
+        policy,
+        backend_for(model, base_url=base_url, endpoint=endpoint),
+        mode=mode,
+        effort=effort,
+        calibrated=calibrate,
+        timeout_s=timeout,
+        on_abstain=on_abstain,
+    )
+    result = _run_with_progress(data, classifier, store, cache, max_errors, threshold_split, seed)
+    output.mkdir(parents=True, exist_ok=True)
+    path = output / f"{result.id}.json"
+    partial = path.with_suffix(".json.partial")
+    partial.write_text(json.dumps(result.to_dict(), ensure_ascii=False, indent=1), "utf-8")
+    partial.replace(path)
+    store.close()
+    if as_json:
+        metrics = {k: v for k, v in result.metrics.items() if k != "pr_curve"}
+        out_console.out(
+            json.dumps(
+                {"id": result.id, "result": str(path), "spec": result.spec, "metrics": metrics},
+                indent=2,
+            ),
+            highlight=False,
+        )
+    else:
+        _print_summary(result, path)
+
+
+def _run_with_progress(
+    data: Any,
+    classifier: Classifier,
+    store: Store,
+    cache: bool,
+    max_errors: float | None,
+    threshold_split: float | None,
+    seed: int,
+) -> EvalResult:
+    columns = (
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[stats]}"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=err_console, transient=True) as progress:
+        task = progress.add_task(f"eval {data.name}", total=len(data), stats="")
+
+        def advance(result: ItemResult, c: dict[str, int]) -> None:
+            p = c["tp"] / (c["tp"] + c["fp"]) if c["tp"] + c["fp"] else 0.0
+            r = c["tp"] / (c["tp"] + c["fn"]) if c["tp"] + c["fn"] else 0.0
+            f1 = 2 * p * r / (p + r) if p + r else 0.0
+            stats = f"P {p:.2f} R {r:.2f} F1 {f1:.3f} abstain {c['abstained']}"
+            progress.update(task, advance=1, stats=stats)
+
+        return asyncio.run(
+            run_eval(
+                data,
+                classifier,
+                store=store,
+                use_cache=cache,
+                max_errors=max_errors,
+                threshold_split=threshold_split,
+                seed=seed,
+                on_result=advance,
+            )
+        )
+
+
+def _ci(value: float, ci: list[float] | tuple[float, float] | None) -> str:
+    if not ci:
+        return f"{value:.3f}"
+    return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def _print_summary(result: EvalResult, path: Path) -> None:
+    mtr, spec = result.metrics, result.spec
+    out_console.print(
+        f"[bold]{escape(spec['dataset']['name'])}[/] ({spec['dataset']['items']} items, "
+        f"{mtr['positives']} positive) · policy {escape(spec['policy']['id'])}@"
+        f"{escape(spec['policy']['version'])} {spec['policy']['hash'][:12]} · "
+        f"{escape(spec['backend'])} · {spec['mode']} mode · effort {spec['effort']}"
+    )
+    table = Table("metric", "value", box=None)
+    ci = mtr["ci95"]
+    table.add_row("F1 (95% CI)", _ci(mtr["f1"], ci["f1"]))
+    table.add_row("precision", _ci(mtr["precision"], ci["precision"]))
+    table.add_row("recall", _ci(mtr["recall"], ci["recall"]))
+    table.add_row("accuracy", f"{mtr['accuracy']:.3f}")
+    table.add_row("kappa / MCC", f"{_num(mtr['kappa'])} / {_num(mtr['mcc'])}")
+    table.add_row("parse rate", f"{mtr['parse_rate']:.3f}")
+    table.add_row("abstain rate", f"{mtr['abstain_rate']:.3f} (strict F1 {mtr['strict_f1']:.3f})")
+    if "scores" in mtr:
+        s = mtr["scores"]
+        table.add_row("PR-AUC / ROC-AUC", f"{s['pr_auc']:.3f} / {s['roc_auc']:.3f}")
+        table.add_row("best-F1 threshold", f"{s['best_threshold']:.3f} (F1 {s['best_f1']:.3f})")
+    if "threshold_transfer" in mtr:
+        t = mtr["threshold_transfer"]
+        table.add_row(
+            "threshold transfer",
+            f"t={t['threshold']:.3f} from {t['tune_items']} items -> F1 "
+            f"{_ci(t['test']['f1'], t['test_ci95_f1'])} on {t['test_items']}",
+        )
+    lat = mtr["latency_s"]
+    if lat["p50"] is not None:
+        table.add_row("latency p50 / p95", f"{lat['p50']:.2f} s / {lat['p95']:.2f} s")
+    tok = mtr["tokens_per_item"]
+    table.add_row(
+        "tokens / item", f"{tok['prompt']:.0f} prompt, {tok['completion']:.1f} completion"
+    )
+    table.add_row("from cache", f"{mtr['cached_items']} of {spec['dataset']['items']}")
+    out_console.print(table)
+    err_console.print(f"Result: {escape(str(path))}")
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+@eval_app.command("compare")
+def compare(
+    run_a: Annotated[Path, typer.Argument(help="Result JSON of the baseline run.")],
+    run_b: Annotated[Path, typer.Argument(help="Result JSON of the new run.")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    show: Annotated[int, typer.Option(help="Flipped items to print.")] = 20,
+) -> None:
+    """Metric deltas (B - A) with paired 95% intervals, and the items whose verdict flipped."""
+    report = compare_results(load_result(run_a), load_result(run_b))
+    if as_json:
+        out_console.out(json.dumps(report, ensure_ascii=False, indent=1), highlight=False)
+        return
+    sa, sb = report["a"]["spec"], report["b"]["spec"]
+    out_console.print(
+        f"A: {escape(sa['policy']['id'])}@{escape(sa['policy']['version'])} "
+        f"{sa['policy']['hash'][:12]} {escape(sa['backend'])} {sa['mode']}\n"
+        f"B: {escape(sb['policy']['id'])}@{escape(sb['policy']['version'])} "
+        f"{sb['policy']['hash'][:12]} {escape(sb['backend'])} {sb['mode']}\n"
+        f"{report['shared_items']} shared items"
+    )
+    table = Table("metric", "A", "B", "B - A (95% CI)", box=None)
+    for name, d in report["deltas"].items():
+        lo, hi = d["ci95"]
+        table.add_row(
+            name, f"{d['a']:.3f}", f"{d['b']:.3f}", f"{d['delta']:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+        )
+    out_console.print(table)
+    out_console.print(
+        f"{len(report['flips'])} flipped: {report['fixed']} now right, {report['broken']} now wrong"
+    )
+    for flip in report["flips"][:show]:
+        mark = "[green]fixed[/]" if flip["fixed"] else "[red]broken[/]"
+        text = " ".join(flip["text"].split())[:100]
+        why = escape(str(flip["b"]["rationale"] or ""))
+        out_console.print(
+            f"{mark} {escape(flip['id'])} gold={flip['gold']} A={flip['a']['pred']} "
+            f"B={flip['b']['pred']} {escape(text)}\n    B: {why}"
+        )

@@ -1,0 +1,342 @@
+"""Run the engine over a dataset: cached, resumable, bounded, and measured.
+
+The cache is the decision log itself. Before judging, the runner looks up decisions already
+recorded for the same policy text (hash), backend, effort and mode, item by item (content
+hash), and reuses those that reached a verdict; only the rest are judged, and each new
+decision is recorded (marked with the run's id) as soon as it is made. A run that crashed, or
+a re-run after editing one policy, therefore computes only what changed.
+
+Example:
+    >>> result = asyncio.run(run_eval(dataset, Classifier("spam", mode="score"), store=Store()))
+    >>> result.metrics["f1"], result.cached
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from magistrate import __version__
+from magistrate.decision import Decision
+from magistrate.engine import Classifier
+from magistrate.errors import MagistrateError
+from magistrate.evaluate import metrics as m
+from magistrate.evaluate.datasets import Dataset, Example
+from magistrate.ids import new_ulid
+from magistrate.item import Item
+from magistrate.store import DecisionFilter, Recorder, Store
+
+RESULT_SCHEMA = "magistrate.eval/1"
+
+
+class EvalAborted(MagistrateError):
+    """Too many items got no verdict (the max-error threshold was crossed)."""
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    """One example and the decision made on it."""
+
+    example: Example
+    decision: Decision
+    cached: bool
+
+    @property
+    def pred(self) -> bool | None:
+        return self.decision.verdict.violation if self.decision.ok else None
+
+    def to_dict(self) -> dict[str, Any]:
+        v = self.decision.verdict
+        return {
+            "id": self.example.id,
+            "text": self.example.text,
+            "gold": self.example.gold,
+            "labels": dict(self.example.labels),
+            "pred": self.pred,
+            "label": v.label,
+            "status": v.status.value,
+            "score": v.score,
+            "category": v.category,
+            "rule_ids": list(v.rule_ids),
+            "unknown_rule_ids": list(v.unknown_rule_ids),
+            "rationale": v.rationale,
+            "reasoning": self.decision.reasoning,
+            "detail": v.detail,
+            "decision_id": self.decision.id,
+            "latency_s": self.decision.latency_s,
+            "prompt_tokens": self.decision.usage.prompt_tokens,
+            "completion_tokens": self.decision.usage.completion_tokens,
+            "cached": self.cached,
+        }
+
+
+@dataclass
+class EvalResult:
+    """Everything one run produced: its spec, per-item results and metrics."""
+
+    id: str
+    spec: dict[str, Any]
+    items: list[ItemResult]
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def cached(self) -> int:
+        return sum(1 for r in self.items if r.cached)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": RESULT_SCHEMA,
+            "id": self.id,
+            "spec": self.spec,
+            "metrics": self.metrics,
+            "items": [r.to_dict() for r in self.items],
+        }
+
+
+ProgressFn = Callable[[ItemResult, dict[str, int]], None]
+
+
+async def run_eval(
+    dataset: Dataset,
+    classifier: Classifier,
+    *,
+    store: Store | None = None,
+    use_cache: bool = True,
+    max_errors: float | None = None,
+    threshold_split: float | None = None,
+    seed: int = 0,
+    on_result: ProgressFn | None = None,
+) -> EvalResult:
+    """Judge every example with a known gold label and compute the metrics.
+
+    Args:
+        dataset: The examples (those without a gold label are skipped).
+        classifier: The engine, already set up with policy, backend, mode and effort.
+        store: The decision log: the cache, and where new decisions are recorded.
+        use_cache: Reuse recorded decisions (needs `store`).
+        max_errors: Abort when more items than this got no verdict: a count (>= 1) or a
+            fraction of the items judged so far (< 1, checked after 20 items).
+        threshold_split: With scores, choose the best-F1 threshold on this fraction of the
+            items (stratified, `seed`) and report metrics on the rest with it applied.
+        on_result: Called after every item with its result and the running confusion counts.
+
+    Raises:
+        EvalAborted: The max-error threshold was crossed; decisions made so far are recorded.
+    """
+    run_id = new_ulid()
+    examples = [e for e in dataset.examples if e.gold is not None]
+    cache = _cached(store, classifier) if (store is not None and use_cache) else {}
+    if store is not None:
+        classifier.recorder = Recorder(store, run_id=run_id)
+    counts = {"tp": 0, "fp": 0, "fn": 0, "tn": 0, "abstained": 0, "done": 0}
+    results: list[ItemResult | None] = [None] * len(examples)
+    gate = asyncio.Semaphore(classifier.concurrency)
+    started = time.perf_counter()
+
+    def tally(index: int, result: ItemResult) -> None:
+        results[index] = result
+        g, p = bool(result.example.gold), result.pred
+        key = (
+            "abstained" if p is None else ("tp" if p and g else "fp" if p else "fn" if g else "tn")
+        )
+        counts[key] += 1
+        counts["done"] += 1
+        if on_result is not None:
+            on_result(result, counts)
+        if max_errors is not None and _over(counts, max_errors):
+            raise EvalAborted(
+                f"{counts['abstained']} of {counts['done']} items got no verdict, past "
+                f"--max-errors {max_errors:g}. Decisions so far are recorded; fix the cause "
+                "and re-run (finished items come from the cache)."
+            )
+
+    async def one(index: int, example: Example) -> None:
+        item = Item.of(example.text, id=example.id, max_chars=max(classifier.max_chars, 1))
+        hit = cache.get(item.hash)
+        if hit is not None:
+            tally(index, ItemResult(example, hit, cached=True))
+            return
+        async with gate:
+            decision = await classifier.classify(item)
+        tally(index, ItemResult(example, decision, cached=False))
+
+    tasks = [asyncio.create_task(one(i, e)) for i, e in enumerate(examples)]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+    finished = [r for r in results if r is not None]
+    spec = _spec(dataset, classifier, len(examples), time.perf_counter() - started)
+    result = EvalResult(run_id, spec, finished)
+    result.metrics = compute_metrics(finished, threshold_split=threshold_split, seed=seed)
+    result.metrics["cached_items"] = result.cached
+    if store is not None:
+        store.add_run(
+            {
+                "id": run_id,
+                "created_at": spec["created_at"],
+                "dataset": dataset.name,
+                "dataset_hash": dataset.hash,
+                "policy_id": classifier.policy.id,
+                "policy_hash": classifier.policy.hash,
+                "backend": classifier.backend.name,
+                "effort": classifier.effort.value,
+                "mode": classifier.mode.value,
+                "spec": spec,
+                "metrics": {k: v for k, v in result.metrics.items() if k != "pr_curve"},
+            }
+        )
+    return result
+
+
+def _over(counts: dict[str, int], limit: float) -> bool:
+    if limit >= 1:
+        return counts["abstained"] > limit
+    return counts["done"] >= 20 and counts["abstained"] / counts["done"] > limit
+
+
+def _cached(store: Store, classifier: Classifier) -> dict[str, Decision]:
+    """Recorded verdicts for this policy text, backend, effort, mode and options, by item."""
+    where = DecisionFilter(
+        policy_hash=classifier.policy.hash,
+        backend=classifier.backend.name,
+        effort=classifier.effort.value,
+        mode=classifier.mode.value,
+        ok=True,
+    )
+    wanted = {**classifier.options().to_dict(), "on_abstain": classifier.on_abstain.value}
+    found: dict[str, Decision] = {}
+    for stored in store.iter_decisions(where):
+        d = stored.decision
+        if dict(d.options) == wanted:  # same sampling, threshold and budget
+            found[d.item_hash] = d  # oldest first, so the newest wins
+    return found
+
+
+def compute_metrics(
+    items: list[ItemResult], *, threshold_split: float | None = None, seed: int = 0
+) -> dict[str, Any]:
+    """Every metric of a run, from its per-item results."""
+    gold = [bool(r.example.gold) for r in items]
+    pred = [r.pred for r in items]
+    out: dict[str, Any] = m.binary_metrics(gold, pred)
+    statuses: dict[str, int] = {}
+    for r in items:
+        statuses[r.decision.verdict.status.value] = (
+            statuses.get(r.decision.verdict.status.value, 0) + 1
+        )
+    out["statuses"] = statuses
+    out["parse_rate"] = statuses.get("ok", 0) / len(items) if items else 0.0
+    out["ci95"] = {
+        name: m.bootstrap_ci(fn, gold, pred, seed=seed)
+        for name, fn in (("f1", m.f1_of), ("precision", m.precision_of), ("recall", m.recall_of))
+    }
+    scores = [r.decision.verdict.score for r in items]
+    scored = m.score_metrics(gold, scores)
+    if scored is not None:
+        out["scores"] = scored
+        pairs = [(g, s) for g, s in zip(gold, scores, strict=True) if s is not None]
+        out["pr_curve"] = m.pr_curve([g for g, _ in pairs], [s for _, s in pairs])
+        if threshold_split:
+            out["threshold_transfer"] = threshold_transfer(gold, scores, threshold_split, seed)
+    fresh = [r for r in items if not r.cached]
+    latencies = [r.decision.latency_s for r in fresh]
+    out["latency_s"] = {"p50": m.percentile(latencies, 50), "p95": m.percentile(latencies, 95)}
+    n = len(items) or 1
+    out["tokens_per_item"] = {
+        "prompt": sum(r.decision.usage.prompt_tokens for r in items) / n,
+        "completion": sum(r.decision.usage.completion_tokens for r in items) / n,
+    }
+    return out
+
+
+def threshold_transfer(
+    gold: list[bool], scores: list[float | None], fraction: float, seed: int
+) -> dict[str, Any]:
+    """Choose the best-F1 threshold on a stratified part of the items, apply it to the rest."""
+    import random
+
+    rng = random.Random(seed)
+    tune: set[int] = set()
+    for label in (True, False):
+        idx = [
+            i
+            for i, (g, s) in enumerate(zip(gold, scores, strict=True))
+            if g is label and s is not None
+        ]
+        tune |= set(rng.sample(idx, round(len(idx) * fraction)))
+    tune_idx = sorted(tune)
+    test_idx = [i for i in range(len(gold)) if i not in tune]
+    tuned_scores = [scores[i] for i in tune_idx]
+    threshold, tune_f1 = m.best_threshold(
+        [gold[i] for i in tune_idx], [float(s) for s in tuned_scores if s is not None]
+    )
+    test_gold = [gold[i] for i in test_idx]
+    test_pred = m.apply_threshold([scores[i] for i in test_idx], threshold)
+    report = m.binary_metrics(test_gold, test_pred)
+    return {
+        "fraction": fraction,
+        "seed": seed,
+        "threshold": threshold,
+        "tune_items": len(tune_idx),
+        "tune_f1": tune_f1,
+        "test_items": len(test_idx),
+        "test": {k: report[k] for k in ("precision", "recall", "f1", "accuracy", "confusion")},
+        "test_ci95_f1": m.bootstrap_ci(m.f1_of, test_gold, test_pred, seed=seed),
+    }
+
+
+def _spec(dataset: Dataset, clf: Classifier, n: int, elapsed: float) -> dict[str, Any]:
+    return {
+        "dataset": {
+            "name": dataset.name,
+            "source": dataset.source,
+            "hash": dataset.hash,
+            "items": n,
+            "positive": dataset.positive,
+        },
+        "policy": {"id": clf.policy.id, "version": clf.policy.version, "hash": clf.policy.hash},
+        "backend": clf.backend.name,
+        "model": clf.backend.model,
+        "effort": clf.effort.value,
+        "mode": clf.mode.value,
+        "options": {**clf.options().to_dict(), "on_abstain": clf.on_abstain.value},
+        "package_version": __version__,
+        "git_revision": _git_revision(),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "elapsed_s": round(elapsed, 3),
+    }
+
+
+def _git_revision() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+__all__ = [
+    "RESULT_SCHEMA",
+    "EvalAborted",
+    "EvalResult",
+    "ItemResult",
+    "compute_metrics",
+    "run_eval",
+    "threshold_transfer",
+]
