@@ -329,3 +329,109 @@ def test_eval_command_writes_results_caches_and_compares(spam, tmp_path):
     )
     assert shown.returncode == 0, shown.stderr
     assert "8 shared items" in shown.stdout and "B - A" in shown.stdout
+
+
+# -- the HTML report in a real headless browser ---------------------------------------------
+
+
+def chromium() -> str:
+    import shutil
+
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    if os.environ.get("CI"):
+        pytest.fail("CI must run the browser test: install Debian's chromium (.ci/run does).")
+    pytest.skip("no Chromium installed (apt-get install chromium)")
+
+
+def test_html_report_renders_in_chromium_without_errors(tmp_path):
+    from magistrate.evaluate.report_html import render_html
+
+    items = [
+        {
+            "id": f"i{k}",
+            "text": text,
+            "gold": gold,
+            "pred": pred,
+            "label": label,
+            "status": "ok" if pred is not None else "truncated",
+            "score": score,
+            "rule_ids": ["SP3.a"] if pred else [],
+            "rationale": "Prize lure." if pred else None,
+            "detail": None if pred is not None else "token limit",
+        }
+        for k, (text, gold, pred, label, score) in enumerate(
+            [
+                ("<script>alert('x')</script> WIN now", False, True, "1", 0.91),
+                ("see you at 7 </td></tr><b>bold?</b>", False, True, "1", 0.81),
+                ("limited offer, reply STOP", True, False, "0", 0.42),
+                ("cut off", True, None, None, None),
+                ("lunch?", False, False, "0", 0.05),
+            ]
+        )
+    ]
+    gold = [r["gold"] for r in items]
+    pred = [r["pred"] for r in items]
+    mtr = m.binary_metrics(gold, pred)
+    scored = [(r["gold"], r["score"]) for r in items if r["score"] is not None]
+    mtr |= {
+        "parse_rate": 0.8,
+        "ci95": {"f1": (0.2, 0.9), "precision": (0.1, 1.0), "recall": (0.2, 1.0)},
+        "scores": m.score_metrics([g for g, _ in scored], [s for _, s in scored]),
+        "pr_curve": m.pr_curve([g for g, _ in scored], [s for _, s in scored]),
+    }
+    result = {
+        "schema": "magistrate.eval/1",
+        "id": "01TESTRUN",
+        "metrics": mtr,
+        "items": items,
+        "spec": {
+            "dataset": {"name": "golden", "hash": "ab" * 32, "items": 5, "positive": "x"},
+            "policy": {"id": "spam", "version": "1", "hash": "cd" * 32},
+            "backend": "llamacpp/x",
+            "mode": "score",
+            "effort": "medium",
+            "created_at": "2026-11-28T00:00:00+00:00",
+            "package_version": "0.1.0",
+            "git_revision": None,
+        },
+    }
+    page = tmp_path / "report.html"
+    page.write_text(render_html(result), encoding="utf-8")
+    assert "<script>alert" not in page.read_text()  # content is escaped, never markup
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--window-size=1200,1600",
+    ]
+    dom = subprocess.run(
+        [chromium(), *flags, "--dump-dom", page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert 'data-ready="yes"' in dom.stdout, dom.stderr[-2000:]
+    assert "Uncaught" not in dom.stderr and "CONSOLE" not in dom.stderr
+    assert dom.stdout.count('data-kind="') == 4 and dom.stdout.count("<svg") == 2
+    assert "&lt;script&gt;alert" in dom.stdout and "&lt;b&gt;bold?&lt;/b&gt;" in dom.stdout
+    assert "<b>bold" not in dom.stdout
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        [chromium(), *flags, f"--screenshot={shot}", page.as_uri()],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    data = shot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(set(data[1000:3000])) > 20

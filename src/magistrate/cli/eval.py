@@ -21,6 +21,7 @@ from magistrate.errors import ConfigError
 from magistrate.evaluate.compare import compare as compare_results
 from magistrate.evaluate.compare import load_result
 from magistrate.evaluate.datasets import DATA_DIR_ENV, Columns, load_dataset
+from magistrate.evaluate.report_html import render_html
 from magistrate.evaluate.runner import EvalResult, ItemResult, run_eval
 from magistrate.prompt import Effort, Mode
 from magistrate.store import Store
@@ -120,8 +121,10 @@ def run(
     output.mkdir(parents=True, exist_ok=True)
     path = output / f"{result.id}.json"
     partial = path.with_suffix(".json.partial")
-    partial.write_text(json.dumps(result.to_dict(), ensure_ascii=False, indent=1), "utf-8")
+    payload = result.to_dict()
+    partial.write_text(json.dumps(payload, ensure_ascii=False, indent=1), "utf-8")
     partial.replace(path)
+    _write_html(payload, path.with_suffix(".html"))
     store.close()
     if as_json:
         metrics = {k: v for k, v in result.metrics.items() if k != "pr_curve"}
@@ -134,6 +137,25 @@ def run(
         )
     else:
         _print_summary(result, path)
+
+
+def _write_html(data: dict[str, Any], path: Path) -> None:
+    partial = path.with_suffix(".html.partial")
+    partial.write_text(render_html(data), "utf-8")
+    partial.replace(path)
+
+
+@eval_app.command("report")
+def report(
+    result: Annotated[Path, typer.Argument(help="Result JSON written by `magistrate eval`.")],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="HTML file (default: beside it).")
+    ] = None,
+) -> None:
+    """Write the HTML report of a result again (it opens in a browser with no server)."""
+    target = output or result.with_suffix(".html")
+    _write_html(load_result(result), target)
+    err_console.print(f"Wrote {escape(str(target))}")
 
 
 def _run_with_progress(
@@ -219,7 +241,9 @@ def _print_summary(result: EvalResult, path: Path) -> None:
     )
     table.add_row("from cache", f"{mtr['cached_items']} of {spec['dataset']['items']}")
     out_console.print(table)
-    err_console.print(f"Result: {escape(str(path))}")
+    err_console.print(
+        f"Result: {escape(str(path))}  Report: {escape(str(path.with_suffix('.html')))}"
+    )
 
 
 def _num(value: float | None) -> str:

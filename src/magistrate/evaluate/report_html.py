@@ -1,0 +1,203 @@
+"""The HTML report of an eval run: one self-contained file that opens with no server.
+
+Headline metrics with 95% intervals, the confusion matrix, the PR curve and the score
+histogram as inline SVG, and the table of disagreements (text, gold, prediction, cited rules,
+rationale) with filters. Every string from the data is HTML-escaped (the items are untrusted
+content), and a Content-Security-Policy forbids loading anything from anywhere.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+_CSP = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:"
+
+_STYLE = """
+body{font:14px/1.45 system-ui,sans-serif;margin:24px;color:#1d232a;background:#fafafa}
+h1{font-size:20px;margin:0 0 4px} h2{font-size:16px;margin:28px 0 8px}
+.meta{color:#555} .cards{display:flex;flex-wrap:wrap;gap:12px;margin-top:16px}
+.card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:10px 14px;min-width:150px}
+.card b{display:block;font-size:22px} .card span{color:#666;font-size:12px}
+.charts{display:flex;flex-wrap:wrap;gap:24px} figure{margin:0;background:#fff;border:1px solid #ddd;
+border-radius:6px;padding:10px} figcaption{font-size:12px;color:#555}
+table.cm td,table.cm th{border:1px solid #ccc;padding:8px 14px;text-align:center}
+table.items{border-collapse:collapse;width:100%;background:#fff}
+table.items th,table.items td{border-bottom:1px solid #e4e4e4;padding:6px;vertical-align:top;
+text-align:left} table.items td.text{max-width:480px;white-space:pre-wrap;word-break:break-word}
+.fp{color:#b3261e} .fn{color:#8a5a00} .ab{color:#6b4fbb}
+.controls{margin:8px 0;display:flex;gap:8px}
+"""
+
+_SCRIPT = """
+window.__errors = [];
+window.addEventListener('error', e => { window.__errors.push(String(e.message)); });
+function applyFilters() {
+  const kind = document.getElementById('kind').value;
+  const q = document.getElementById('q').value.toLowerCase();
+  let shown = 0;
+  for (const row of document.querySelectorAll('table.items tbody tr')) {
+    const ok = (kind === 'all' || row.dataset.kind === kind) &&
+               (!q || row.textContent.toLowerCase().includes(q));
+    row.style.display = ok ? '' : 'none';
+    if (ok) shown++;
+  }
+  document.getElementById('shown').textContent = shown;
+}
+document.addEventListener('DOMContentLoaded', () => {
+  document.getElementById('kind').addEventListener('change', applyFilters);
+  document.getElementById('q').addEventListener('input', applyFilters);
+  applyFilters();
+  document.body.dataset.ready = window.__errors.length ? 'errors' : 'yes';
+});
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def render_html(result: dict[str, Any]) -> str:
+    """The report for a result dict (as written to `<run id>.json`)."""
+    spec, mtr, items = result["spec"], result["metrics"], result["items"]
+    ci = mtr.get("ci95", {})
+    cards = [
+        ("F1", mtr["f1"], ci.get("f1")),
+        ("precision", mtr["precision"], ci.get("precision")),
+        ("recall", mtr["recall"], ci.get("recall")),
+        ("accuracy", mtr["accuracy"], None),
+        ("parse rate", mtr.get("parse_rate"), None),
+        ("abstain rate", mtr.get("abstain_rate"), None),
+    ]
+    if "scores" in mtr:
+        cards.append(("PR-AUC", mtr["scores"]["pr_auc"], None))
+    if "threshold_transfer" in mtr:
+        t = mtr["threshold_transfer"]
+        cards.append(
+            (
+                f"F1 at t={t['threshold']:.2f} (held-out part)",
+                t["test"]["f1"],
+                t.get("test_ci95_f1"),
+            )
+        )
+    card_html = "".join(
+        f'<div class="card"><b>{_fmt(v)}</b><span>{_e(name)}'
+        + (f" [{_fmt(c[0])}, {_fmt(c[1])}]" if c else "")
+        + "</span></div>"
+        for name, v, c in cards
+    )
+    rows = [r for r in items if r["pred"] is None or r["pred"] != r["gold"]]
+    body = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="{_CSP}">
+<title>Magistrate eval {_e(result["id"])}</title><style>{_STYLE}</style>
+<script>{_SCRIPT}</script></head>
+<body data-ready="no">
+<h1>{_e(spec["dataset"]["name"])} · {_e(spec["policy"]["id"])}@{_e(spec["policy"]["version"])}</h1>
+<div class="meta">run {_e(result["id"])} · {_e(spec["created_at"])} · {_e(spec["backend"])} ·
+{_e(spec["mode"])} mode · effort {_e(spec["effort"])} · policy {_e(spec["policy"]["hash"][:12])} ·
+dataset {_e(spec["dataset"]["hash"][:12])} ({_e(spec["dataset"]["items"])} items,
+{_e(mtr["positives"])} positive: {_e(spec["dataset"].get("positive"))}) ·
+magistrate {_e(spec.get("package_version"))} {_e((spec.get("git_revision") or "")[:10])}</div>
+<div class="cards">{card_html}</div>
+<h2>Charts</h2><div class="charts">
+<figure>{_confusion(mtr["confusion"])}<figcaption>Confusion matrix (abstained:
+{_e(mtr["confusion"]["abstained"])})</figcaption></figure>
+{_pr_figure(mtr)}{_histogram_figure(items)}
+</div>
+<h2>Disagreements (<span id="shown">{len(rows)}</span> shown of {len(rows)})</h2>
+<div class="controls"><select id="kind" aria-label="kind">
+<option value="all">all disagreements</option><option value="fp">false positives</option>
+<option value="fn">false negatives</option><option value="ab">abstentions</option></select>
+<input id="q" type="search" placeholder="filter text, rules, rationale" aria-label="search"></div>
+<table class="items"><thead><tr><th>id</th><th>kind</th><th>text</th><th>gold</th><th>predicted</th>
+<th>score</th><th>rules</th><th>rationale / reason</th></tr></thead><tbody>
+{"".join(_row(r) for r in rows)}
+</tbody></table>
+</body></html>
+"""
+    return body
+
+
+def _row(r: dict[str, Any]) -> str:
+    kind = "ab" if r["pred"] is None else ("fp" if r["pred"] else "fn")
+    names = {"ab": "abstained", "fp": "false positive", "fn": "false negative"}
+    reason = r.get("rationale") or (r.get("detail") or r.get("status") if kind == "ab" else "-")
+    predicted = r.get("label") if r["pred"] is not None else r.get("status")
+    return (
+        f'<tr data-kind="{kind}"><td>{_e(r["id"])}</td><td class="{kind}">{names[kind]}</td>'
+        f'<td class="text">{_e(r["text"])}</td><td>{"violating" if r["gold"] else "not"}</td>'
+        f"<td>{_e(predicted)}</td><td>{_fmt(r.get('score'))}</td>"
+        f"<td>{_e(', '.join(r.get('rule_ids') or []))}</td><td>{_e(reason)}</td></tr>"
+    )
+
+
+def _confusion(c: dict[str, int]) -> str:
+    total = max(1, c["tp"] + c["fp"] + c["fn"] + c["tn"])
+
+    def cell(n: int, good: bool) -> str:
+        alpha = 0.15 + 0.7 * n / total
+        color = f"rgba(46,125,50,{alpha:.2f})" if good else f"rgba(198,40,40,{alpha:.2f})"
+        return f'<td style="background:{color}">{n}</td>'
+
+    return (
+        '<table class="cm"><tr><th></th><th>predicted violating</th><th>predicted not</th></tr>'
+        f"<tr><th>gold violating</th>{cell(c['tp'], True)}{cell(c['fn'], False)}</tr>"
+        f"<tr><th>gold not</th>{cell(c['fp'], False)}{cell(c['tn'], True)}</tr></table>"
+    )
+
+
+def _pr_figure(mtr: dict[str, Any]) -> str:
+    points = mtr.get("pr_curve")
+    if not points:
+        return "<figure><figcaption>No scores: no PR curve.</figcaption></figure>"
+    w, h, pad = 320, 240, 30
+    coords = " ".join(
+        f"{pad + r * (w - 2 * pad):.1f},{h - pad - p * (h - 2 * pad):.1f}" for r, p in points
+    )
+    auc = mtr["scores"]["pr_auc"]
+    return (
+        f'<figure><svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
+        f'role="img" aria-label="precision-recall curve">'
+        f'<rect x="{pad}" y="{pad}" width="{w - 2 * pad}" height="{h - 2 * pad}" fill="none" '
+        f'stroke="#999"/><polyline points="{coords}" fill="none" stroke="#1565c0" '
+        f'stroke-width="2"/><text x="{w / 2}" y="{h - 6}" font-size="11" '
+        f'text-anchor="middle">recall</text><text x="10" y="{h / 2}" font-size="11" '
+        f'transform="rotate(-90 10 {h / 2})" text-anchor="middle">precision</text></svg>'
+        f"<figcaption>Precision-recall curve (PR-AUC {auc:.3f})</figcaption></figure>"
+    )
+
+
+def _histogram_figure(items: list[dict[str, Any]]) -> str:
+    scored = [(r["gold"], r["score"]) for r in items if r.get("score") is not None]
+    if not scored:
+        return "<figure><figcaption>No scores: no histogram.</figcaption></figure>"
+    bins = 10
+    pos = [0] * bins
+    neg = [0] * bins
+    for gold, score in scored:
+        k = min(bins - 1, int(float(score) * bins))
+        (pos if gold else neg)[k] += 1
+    top = max(1, *pos, *neg)
+    w, h, pad = 320, 240, 30
+    bar = (w - 2 * pad) / bins
+    rects = []
+    for k in range(bins):
+        for j, (counts, color) in enumerate(((neg, "#66bb6a"), (pos, "#e53935"))):
+            height = (h - 2 * pad) * counts[k] / top
+            x = pad + k * bar + j * bar / 2
+            rects.append(
+                f'<rect x="{x:.1f}" y="{h - pad - height:.1f}" width="{bar / 2 - 1:.1f}" '
+                f'height="{height:.1f}" fill="{color}"><title>{counts[k]}</title></rect>'
+            )
+    return (
+        f'<figure><svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" role="img" '
+        f'aria-label="score histogram"><line x1="{pad}" y1="{h - pad}" x2="{w - pad}" '
+        f'y2="{h - pad}" stroke="#999"/>{"".join(rects)}<text x="{w / 2}" y="{h - 6}" '
+        f'font-size="11" text-anchor="middle">score (0 to 1)</text></svg>'
+        f"<figcaption>Scores: gold violating (red) vs not (green)</figcaption></figure>"
+    )
