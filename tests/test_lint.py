@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import pytest
+
 from magistrate.lint import Severity, count_tokens, lint_policy
 from magistrate.policy import parse_policy
 
@@ -56,3 +58,33 @@ def test_bundled_policies_have_no_errors(spam, severity):
 
 def test_token_count_uses_o200k():
     assert count_tokens("hello world") == 2
+
+
+STARTER_PACK = [
+    "harmful-content",
+    "toxic-prompt",
+    "prompt-injection",
+    "spam",
+    "sexual",
+    "sexual-minors",
+    "hate",
+    "hate-threatening",
+    "violence",
+    "violence-graphic",
+    "harassment",
+    "self-harm",
+]
+
+
+@pytest.mark.parametrize("name", STARTER_PACK)
+def test_starter_pack_policies_are_clean_and_sized(name):
+    from magistrate.policy import builtin_policy_names, load_policy
+
+    assert name in builtin_policy_names()
+    policy = load_policy(name)
+    assert not [f for f in lint_policy(policy) if f.severity is Severity.ERROR]
+    assert policy.output.value == "json" and len(policy.examples) >= 4
+    answers = " ".join(e.answer for e in policy.examples)
+    assert '"violation": 1' in answers and '"violation": 0' in answers  # both labels shown
+    tokens = count_tokens(policy.body)
+    assert name == "spam" or 300 <= tokens <= 600, tokens
