@@ -435,3 +435,70 @@ def test_html_report_renders_in_chromium_without_errors(tmp_path):
     )
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(set(data[1000:3000])) > 20
+
+
+def test_compare_page_renders_in_chromium(tmp_path):
+    from magistrate.evaluate.report_html import render_compare_html
+
+    a = result([True, False, False, True, False], "a")
+    b = result([True, True, False, False, False], "b")
+    b["items"][1]["text"] = "<img src=x onerror=alert(1)> flipped"
+    page = tmp_path / "compare.html"
+    page.write_text(render_compare_html(compare(a, b, rounds=100)), encoding="utf-8")
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--enable-logging=stderr",
+        "--v=0",
+    ]
+    dom = subprocess.run(
+        [chromium(), *flags, "--dump-dom", page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert 'data-ready="yes"' in dom.stdout, dom.stderr[-2000:]
+    assert dom.stdout.count('data-kind="fixed"') == 2 and "<img" not in dom.stdout
+
+
+def test_report_table_takes_the_newest_run_per_set():
+    from magistrate.evaluate.report_table import published_rows, table_rows
+
+    def run(rid, dataset, f1, backend="llamacpp/q"):
+        return {
+            "id": rid,
+            "dataset": dataset,
+            "backend": backend,
+            "mode": "score",
+            "effort": "medium",
+            "policy_id": "p",
+            "spec": {"dataset": {"items": 200}, "policy": {"version": "1"}},
+            "metrics": {
+                "f1": f1,
+                "precision": 0.5,
+                "recall": 0.5,
+                "ci95": {"f1": [f1 - 0.1, f1 + 0.1]},
+            },
+        }
+
+    runs = [
+        run("3", "toxicchat~400@7", 0.5),
+        run("2", "openai-moderation-2022~200@7", 0.7),
+        run("1", "openai-moderation-2022", 0.6),
+        run("0", "sms-spam", 0.9),
+    ]
+    [row] = table_rows(runs)
+    assert row["oai_mod_f1"]["f1"] == 0.7 and row["oai_mod_f1"]["run"] == "2"
+    assert row["toxicchat_f1"]["f1"] == 0.5 and row["multi_policy_accuracy"] is None
+    assert published_rows()[1] == {
+        "model": "gpt-oss-safeguard-20b",
+        "multi_policy_accuracy": 43.6,
+        "oai_mod_f1": 82.9,
+        "toxicchat_f1": 79.9,
+    }

@@ -21,7 +21,8 @@ from magistrate.errors import ConfigError
 from magistrate.evaluate.compare import compare as compare_results
 from magistrate.evaluate.compare import load_result
 from magistrate.evaluate.datasets import DATA_DIR_ENV, Columns, load_dataset
-from magistrate.evaluate.report_html import render_html
+from magistrate.evaluate.report_html import render_compare_html, render_html
+from magistrate.evaluate.report_table import published_rows, table_rows
 from magistrate.evaluate.runner import EvalResult, ItemResult, run_eval
 from magistrate.prompt import Effort, Mode
 from magistrate.store import Store
@@ -255,10 +256,18 @@ def compare(
     run_a: Annotated[Path, typer.Argument(help="Result JSON of the baseline run.")],
     run_b: Annotated[Path, typer.Argument(help="Result JSON of the new run.")],
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    html_path: Annotated[
+        Path | None, typer.Option("--html", help="Also write the comparison as an HTML page.")
+    ] = None,
     show: Annotated[int, typer.Option(help="Flipped items to print.")] = 20,
 ) -> None:
     """Metric deltas (B - A) with paired 95% intervals, and the items whose verdict flipped."""
     report = compare_results(load_result(run_a), load_result(run_b))
+    if html_path is not None:
+        partial = html_path.with_suffix(".html.partial")
+        partial.write_text(render_compare_html(report), "utf-8")
+        partial.replace(html_path)
+        err_console.print(f"Wrote {escape(str(html_path))}")
     if as_json:
         out_console.out(json.dumps(report, ensure_ascii=False, indent=1), highlight=False)
         return
@@ -288,3 +297,62 @@ def compare(
             f"{mark} {escape(flip['id'])} gold={flip['gold']} A={flip['a']['pred']} "
             f"B={flip['b']['pred']} {escape(text)}\n    B: {why}"
         )
+
+
+@eval_app.command("report-table")
+def report_table(
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    database: DatabaseOption = None,
+) -> None:
+    """The technical report's Table 2 layout for your runs, beside the published rows."""
+    with Store(database) as store:
+        ours = table_rows(store.runs(limit=10_000))
+    published = published_rows()
+    if as_json:
+        out_console.out(json.dumps({"ours": ours, "published": published}, indent=2))
+        return
+    table = Table(
+        "model (mode, effort)",
+        "multi-policy acc.",
+        "OpenAI Mod 2022 F1",
+        "ToxicChat F1",
+        box=None,
+        title="Measured here (F1 x100, 95% CI; items)",
+        title_justify="left",
+    )
+
+    def cell(entry: dict[str, Any] | None) -> str:
+        if entry is None:
+            return "-"
+        ci = entry["ci95"]
+        interval = f" [{ci[0] * 100:.1f}, {ci[1] * 100:.1f}]" if ci else ""
+        return f"{entry['f1'] * 100:.1f}{interval} (n={entry['items']}, {entry['policy']})"
+
+    for row in ours:
+        table.add_row(
+            escape(f"{row['backend']} ({row['mode']}, {row['effort']})"),
+            "-",
+            cell(row.get("oai_mod_f1")),
+            cell(row.get("toxicchat_f1")),
+        )
+    if not ours:
+        table.add_row("(no runs on openai-moderation-2022 or toxicchat yet)", "", "", "")
+    out_console.print(table)
+    ref = Table(
+        "model",
+        "multi-policy acc.",
+        "OpenAI Mod 2022 F1",
+        "ToxicChat F1",
+        box=None,
+        title="\nPublished in the gpt-oss-safeguard technical report (OpenAI's own "
+        "prompts and harness; for reference, not reproduced here)",
+        title_justify="left",
+    )
+    for p in published:
+        ref.add_row(
+            p["model"],
+            f"{p['multi_policy_accuracy']:.1f}%",
+            f"{p['oai_mod_f1']:.1f}",
+            f"{p['toxicchat_f1']:.1f}",
+        )
+    out_console.print(ref)

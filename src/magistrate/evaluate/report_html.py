@@ -201,3 +201,46 @@ def _histogram_figure(items: list[dict[str, Any]]) -> str:
         f'font-size="11" text-anchor="middle">score (0 to 1)</text></svg>'
         f"<figcaption>Scores: gold violating (red) vs not (green)</figcaption></figure>"
     )
+
+
+def render_compare_html(report: dict[str, Any]) -> str:
+    """The comparison of two runs (as `evaluate.compare.compare` returns it) as one page."""
+    sa, sb = report["a"]["spec"], report["b"]["spec"]
+
+    def who(spec: dict[str, Any]) -> str:
+        p = spec["policy"]
+        return _e(f"{p['id']}@{p['version']} {p['hash'][:12]} · {spec['backend']} · {spec['mode']}")
+
+    deltas = "".join(
+        f"<tr><td>{_e(name)}</td><td>{_fmt(d['a'])}</td><td>{_fmt(d['b'])}</td>"
+        f"<td>{d['delta']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]</td></tr>"
+        for name, d in report["deltas"].items()
+    )
+    flips = "".join(
+        f'<tr data-kind="{"fixed" if f["fixed"] else "broken"}"><td>{_e(f["id"])}</td>'
+        f'<td class="{"fn" if not f["fixed"] else ""}">{"fixed" if f["fixed"] else "broken"}</td>'
+        f'<td class="text">{_e(f["text"])}</td><td>{"violating" if f["gold"] else "not"}</td>'
+        f"<td>{_e(f['a']['label'])} {_fmt(f['a']['score'])}</td>"
+        f"<td>{_e(f['b']['label'])} {_fmt(f['b']['score'])}</td>"
+        f"<td>{_e(f['b']['rationale'] or f['a']['rationale'])}</td></tr>"
+        for f in report["flips"]
+    )
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="{_CSP}">
+<title>Magistrate compare</title><style>{_STYLE}</style><script>{_SCRIPT}</script></head>
+<body data-ready="no">
+<h1>Comparison of two eval runs</h1>
+<div class="meta">A: {who(sa)}<br>B: {who(sb)}<br>{report["shared_items"]} shared items</div>
+<h2>Metrics (B - A, paired bootstrap 95% CI)</h2>
+<table class="items"><thead><tr><th>metric</th><th>A</th><th>B</th><th>B - A</th></tr></thead>
+<tbody>{deltas}</tbody></table>
+<h2>Flipped items (<span id="shown">{len(report["flips"])}</span>: {report["fixed"]} fixed,
+{report["broken"]} broken)</h2>
+<div class="controls"><select id="kind" aria-label="kind"><option value="all">all</option>
+<option value="fixed">fixed</option><option value="broken">broken</option></select>
+<input id="q" type="search" placeholder="filter" aria-label="search"></div>
+<table class="items"><thead><tr><th>id</th><th>change</th><th>text</th><th>gold</th><th>A</th>
+<th>B</th><th>rationale</th></tr></thead><tbody>{flips}</tbody></table>
+</body></html>
+"""
