@@ -16,17 +16,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import subprocess
 import sys
 import time
-import urllib.request
 
 from _common import ROOT, report
 
 sys.path.insert(0, str(ROOT / "tests"))
 
-from faultserver import FaultServer, _free_port
+from faultserver import FaultServer
+from llamaserver import LlamaServer
 
 from magistrate.backends.openai_compat import OpenAIBackend
 from magistrate.embedded import ensure_embedded_model
@@ -51,43 +49,11 @@ def items_per_second(url: str, model: str, n: int, batch: list[Item], mode: str)
 
 
 def llama_server(n: int, count: int) -> dict[str, float]:
-    port = _free_port()
-    cores = str(os.cpu_count() or 2)
-    cmd = [
-        sys.executable,
-        "-m",
-        "llama_cpp.server",
-        "--model",
-        str(ensure_embedded_model()),
-        "--model_alias",
-        "embedded",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--n_ctx",
-        "4096",
-        "--n_threads",
-        cores,
-        "--n_threads_batch",
-        cores,
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        for _ in range(360):
-            try:
-                urllib.request.urlopen(f"{url}/models", timeout=2).close()
-                break
-            except OSError:
-                time.sleep(0.5)
+    with LlamaServer(ensure_embedded_model()) as server:
         batch = items(count)
-        items_per_second(url, "embedded", 1, batch[:1], "score")  # policy prefill, untimed
-        one = items_per_second(url, "embedded", 1, batch, "score")
-        many = items_per_second(url, "embedded", n, batch, "score")
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        items_per_second(server.url, "embedded", 1, batch[:1], "score")  # prefill, untimed
+        one = items_per_second(server.url, "embedded", 1, batch, "score")
+        many = items_per_second(server.url, "embedded", n, batch, "score")
     return {
         "llama_cpp.server items/s, 1 in flight": one,
         f"llama_cpp.server items/s, {n} in flight": many,

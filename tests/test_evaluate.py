@@ -346,6 +346,27 @@ def chromium() -> str:
     pytest.skip("no Chromium installed (apt-get install chromium)")
 
 
+def browser(tmp_path: Path, page: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """Headless Chromium on a local page, with the flags this closed network needs."""
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--window-size=1200,1600",
+    ]
+    return subprocess.run(
+        [chromium(), *flags, *extra, page.as_uri()], capture_output=True, text=True, timeout=120
+    )
+
+
 def test_html_report_renders_in_chromium_without_errors(tmp_path):
     from magistrate.evaluate.report_html import render_html
 

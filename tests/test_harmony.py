@@ -120,3 +120,18 @@ def test_parses_agree_with_openai_harmony(text):
     theirs = enc.parse_messages_from_completion_tokens(tokens, oh.Role.ASSISTANT)
     ours = harmony.parse_completion(text).messages
     assert [(m.channel, m.content[0].text) for m in theirs] == [(m.channel, m.text) for m in ours]
+
+
+def test_completion_from_generated_tokens():
+    enc = harmony.encoding()
+    done = enc.encode(GOLDEN[0][0], allowed_special="all")
+    c = harmony.completion_from_tokens(
+        done, model="gpt-oss", prompt_tokens=900, cached_tokens=850, stopped=True, latency_s=1.0
+    )
+    assert (c.text, c.reasoning, c.finish_reason) == ("1", "Promises a prize.", "stop")
+    assert c.usage.completion_tokens == len(done) and c.usage.reasoning_tokens > 0
+    cut = enc.encode(f"{A}It says win", allowed_special="all")
+    c = harmony.completion_from_tokens(
+        cut, model="gpt-oss", prompt_tokens=900, cached_tokens=0, stopped=False, latency_s=1.0
+    )
+    assert c.text == "" and c.finish_reason == "length"  # the engine records `truncated`

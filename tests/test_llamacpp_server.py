@@ -8,12 +8,10 @@ import json
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from faultserver import _free_port
+from llamaserver import LlamaServer
 
 from magistrate.backends.openai_compat import OpenAIBackend
 from magistrate.embedded import model_path
@@ -25,49 +23,13 @@ pytestmark = pytest.mark.model
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served():
     """The embedded GGUF behind llama-cpp-python's OpenAI-compatible server."""
-    port = _free_port()
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    cmd = [
-        sys.executable,
-        "-m",
-        "llama_cpp.server",
-        "--model",
-        str(model_path()),
-        "--model_alias",
-        "embedded",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--n_ctx",
-        "4096",
-        "--n_threads",
-        str(os.cpu_count() or 2),
-        "--n_threads_batch",
-        str(os.cpu_count() or 2),
-    ]
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/models", timeout=2) as resp:
-                assert json.load(resp)["data"][0]["id"] == "embedded"
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"llama_cpp.server did not start:\n{log.read_text()[-2000:]}")
-            time.sleep(0.5)
-    yield url
-    proc.terminate()
     try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+        with LlamaServer(model_path()) as server:
+            yield server.url
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
 
 
 def examples() -> list[Item]:

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from magistrate.backends.base import Completion, Usage
 from magistrate.errors import MalformedHarmony, MissingDependency, ModelError
 
 START, END, MESSAGE, CHANNEL = "<|start|>", "<|end|>", "<|message|>", "<|channel|>"
@@ -283,3 +284,34 @@ def decode(tokens: list[int]) -> str:
     """Token ids back to text, control tokens kept as text (for `parse_completion`)."""
     text: str = encoding().decode(tokens)
     return text
+
+
+def completion_from_tokens(
+    out: list[int],
+    *,
+    model: str,
+    prompt_tokens: int,
+    cached_tokens: int,
+    stopped: bool,
+    latency_s: float,
+) -> Completion:
+    """A `Completion` from a gpt-oss completion's token ids (for token-level backends).
+
+    Args:
+        out: The generated ids, ending with the stop token when generation stopped on one.
+        stopped: Generation ended on `<|return|>`/`<|call|>` (not on the token budget).
+    """
+    parsed = parse_completion(decode(out))
+    return Completion(
+        text=parsed.final or "",
+        model=model,
+        reasoning=parsed.reasoning,
+        finish_reason="length" if parsed.truncated or not stopped else "stop",
+        usage=Usage(
+            prompt_tokens=prompt_tokens,
+            cached_tokens=cached_tokens,
+            completion_tokens=len(out),
+            reasoning_tokens=len(encoding().encode(parsed.reasoning or "")),
+        ),
+        latency_s=latency_s,
+    )

@@ -327,18 +327,12 @@ class LlamaCppBackend(Backend):
                     )
         except RuntimeError as exc:
             raise BackendError(f"llama.cpp failed while generating: {exc}") from None
-        parsed = harmony.parse_completion(harmony.decode(out))
-        return Completion(
-            text=parsed.final or "",
+        return harmony.completion_from_tokens(
+            out,
             model=self.model,
-            reasoning=parsed.reasoning,
-            finish_reason="length" if parsed.truncated or not stopped else "stop",
-            usage=Usage(
-                prompt_tokens=len(tokens),
-                cached_tokens=cached,
-                completion_tokens=len(out),
-                reasoning_tokens=len(harmony.encoding().encode(parsed.reasoning or "")),
-            ),
+            prompt_tokens=len(tokens),
+            cached_tokens=cached,
+            stopped=stopped,
             latency_s=time.perf_counter() - start,
         )
 

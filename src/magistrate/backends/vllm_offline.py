@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from magistrate import harmony
-from magistrate.backends.base import Backend, Capabilities, Completion, CompletionOptions, Usage
+from magistrate.backends.base import Backend, Capabilities, Completion, CompletionOptions
 from magistrate.errors import BackendError, BackendUnavailable, MissingDependency
 from magistrate.prompt import Prompt
 
@@ -97,18 +97,12 @@ class VLLMBackend(Backend):
             # vLLM may leave the stop token out of the output; the parser wants it.
             reason = first.stop_reason
             ids.append(reason if isinstance(reason, int) else harmony.STOP_TOKEN_IDS[0])
-        parsed = harmony.parse_completion(harmony.decode(ids))
-        return Completion(
-            text=parsed.final or "",
+        return harmony.completion_from_tokens(
+            ids,
             model=self.model,
-            reasoning=parsed.reasoning,
-            finish_reason="length" if parsed.truncated or not stopped else "stop",
-            usage=Usage(
-                prompt_tokens=len(tokens),
-                cached_tokens=int(getattr(output, "num_cached_tokens", 0) or 0),
-                completion_tokens=len(first.token_ids),
-                reasoning_tokens=len(harmony.encoding().encode(parsed.reasoning or "")),
-            ),
+            prompt_tokens=len(tokens),
+            cached_tokens=int(getattr(output, "num_cached_tokens", 0) or 0),
+            stopped=stopped,
             latency_s=latency,
         )
 
