@@ -523,3 +523,29 @@ def test_report_table_takes_the_newest_run_per_set():
         "oai_mod_f1": 82.9,
         "toxicchat_f1": 79.9,
     }
+
+
+def test_several_policies_separately_with_exact_match(tmp_path, spam):
+    from magistrate.evaluate.datasets import Dataset, Example
+    from magistrate.evaluate.runner import label_for, run_multi_eval
+    from magistrate.policy import load_policy
+
+    examples = tuple(
+        Example(
+            f"e{k}", f"text {k}", None, {"hate": k % 2 == 0, "violence": k < 2 if k != 3 else None}
+        )
+        for k in range(4)
+    )
+    ds = Dataset("cats", "mem", examples)
+    hate = Classifier(load_policy("hate"), scripted([1, 0, 1, 0]), mode="score")
+    violence = Classifier(load_policy("violence"), scripted([1, 0, 0]), mode="score")
+    multi = asyncio.run(run_multi_eval(ds, [hate, violence], store=Store(tmp_path / "l.db")))
+    assert multi.label_names == ["hate", "violence"]
+    # violence gold: e0 True, e1 True, e2 False, e3 unknown -> e3 is left out of exact match
+    assert multi.metrics["exact_match_items"] == 3
+    # e0: hate 1/1, violence 1/1 right; e1: hate 0/0, violence 0 vs True wrong; e2: both right
+    assert multi.metrics["exact_match"] == pytest.approx(2 / 3)
+    assert multi.metrics["per_policy"]["hate"]["f1"] == 1.0 and multi.metrics["calls_per_item"] == 2
+    assert label_for("sexual-minors", ["sexual", "sexual/minors"]) == "sexual/minors"
+    with pytest.raises(Exception, match="matches none"):
+        label_for("spam", ["hate"])

@@ -23,7 +23,7 @@ from magistrate.evaluate.compare import load_result
 from magistrate.evaluate.datasets import DATA_DIR_ENV, Columns, load_dataset
 from magistrate.evaluate.report_html import render_compare_html, render_html
 from magistrate.evaluate.report_table import published_rows, table_rows
-from magistrate.evaluate.runner import EvalResult, ItemResult, run_eval
+from magistrate.evaluate.runner import EvalResult, ItemResult, run_eval, run_multi_eval
 from magistrate.prompt import Effort, Mode
 from magistrate.store import Store
 
@@ -46,7 +46,13 @@ def run(
         ),
     ] = None,
     policy: Annotated[
-        str | None, typer.Option("--policy", "-p", help="Policy file or bundled name.")
+        list[str] | None,
+        typer.Option(
+            "--policy",
+            "-p",
+            help="Policy file or bundled name. Repeat to judge several policies separately, "
+            "each on the dataset label of its name (multi-policy exact match).",
+        ),
     ] = None,
     model: Annotated[
         str, typer.Option("--model", "-m", envvar="MAGISTRATE_MODEL", help="provider/model.")
@@ -98,10 +104,12 @@ def run(
     """
     if ctx.invoked_subcommand is not None:
         return
-    if dataset is None or policy is None:
-        raise ConfigError("Give --dataset and --policy (or a subcommand: compare).")
+    if dataset is None or not policy:
+        raise ConfigError("Give --dataset and --policy (or a subcommand: compare, report).")
     columns = Columns(text=text_col, label=label_col, id=id_col, positive=frozenset(positive or ()))
-    data = load_dataset(dataset, data_dir_path=data_dir, columns=columns).labelled()
+    data = load_dataset(dataset, data_dir_path=data_dir, columns=columns)
+    if len(policy) == 1:
+        data = data.labelled()
     if sample is not None:
         data = data.sample(sample, seed=seed)
     if limit is not None:
@@ -109,23 +117,28 @@ def run(
     if not len(data):
         raise ConfigError(f"Dataset {dataset!r} has no items with a gold label.")
     store = Store(database)
-    classifier = Classifier(
-        policy,
-        backend_for(model, base_url=base_url, endpoint=endpoint),
-        mode=mode,
-        effort=effort,
-        calibrated=calibrate,
-        timeout_s=timeout,
-        on_abstain=on_abstain,
-    )
-    result = _run_with_progress(data, classifier, store, cache, max_errors, threshold_split, seed)
+    backend = backend_for(model, base_url=base_url, endpoint=endpoint)
+    classifiers = [
+        Classifier(
+            p,
+            backend,
+            mode=mode,
+            effort=effort,
+            calibrated=calibrate,
+            timeout_s=timeout,
+            on_abstain=on_abstain,
+        )
+        for p in policy
+    ]
     output.mkdir(parents=True, exist_ok=True)
-    path = output / f"{result.id}.json"
-    partial = path.with_suffix(".json.partial")
-    payload = result.to_dict()
-    partial.write_text(json.dumps(payload, ensure_ascii=False, indent=1), "utf-8")
-    partial.replace(path)
-    _write_html(payload, path.with_suffix(".html"))
+    if len(classifiers) > 1:
+        _multi(data, classifiers, store, cache, seed, output, as_json, max_errors, threshold_split)
+        store.close()
+        return
+    result = _run_with_progress(
+        data, classifiers[0], store, cache, max_errors, threshold_split, seed
+    )
+    path = _write_result(result, output)
     store.close()
     if as_json:
         metrics = {k: v for k, v in result.metrics.items() if k != "pr_curve"}
@@ -138,6 +151,73 @@ def run(
         )
     else:
         _print_summary(result, path)
+
+
+def _write_result(result: EvalResult, output: Path) -> Path:
+    path = output / f"{result.id}.json"
+    partial = path.with_suffix(".json.partial")
+    payload = result.to_dict()
+    partial.write_text(json.dumps(payload, ensure_ascii=False, indent=1), "utf-8")
+    partial.replace(path)
+    _write_html(payload, path.with_suffix(".html"))
+    return path
+
+
+def _multi(
+    data: Any,
+    classifiers: list[Classifier],
+    store: Store,
+    cache: bool,
+    seed: int,
+    output: Path,
+    as_json: bool,
+    max_errors: float | None,
+    threshold_split: float | None,
+) -> None:
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, console=err_console, transient=True) as progress:
+        task = progress.add_task(
+            f"{len(classifiers)} policies x {len(data)} items",
+            total=len(classifiers) * len(data),
+        )
+        multi = asyncio.run(
+            run_multi_eval(
+                data,
+                classifiers,
+                store=store,
+                use_cache=cache,
+                max_errors=max_errors,
+                threshold_split=threshold_split,
+                seed=seed,
+                on_result=lambda _r, _c: progress.advance(task),
+            )
+        )
+    paths = [_write_result(run, output) for run in multi.runs]
+    summary = {**multi.to_dict(), "results": [str(p) for p in paths]}
+    path = output / f"{multi.id}.multi.json"
+    path.write_text(json.dumps(summary, indent=1), "utf-8")
+    if as_json:
+        out_console.out(json.dumps({**summary, "result": str(path)}, indent=2), highlight=False)
+        return
+    table = Table("policy", "label", "F1", "precision", "recall", "items", box=None)
+    for run, label in zip(multi.runs, multi.label_names, strict=True):
+        mtr = run.metrics
+        table.add_row(
+            escape(run.spec["policy"]["id"]),
+            escape(label),
+            _ci(mtr["f1"], mtr["ci95"]["f1"]),
+            f"{mtr['precision']:.3f}",
+            f"{mtr['recall']:.3f}",
+            str(run.spec["dataset"]["items"]),
+        )
+    out_console.print(table)
+    mm = multi.metrics
+    out_console.print(
+        f"exact match {mm['exact_match']:.3f} over {mm['exact_match_items']} items with every "
+        f"label known · {mm['calls_per_item']} calls, {mm['seconds_per_item']:.2f} s and "
+        f"{mm['tokens_per_item']:.0f} tokens per item (policies judged separately)"
+    )
+    err_console.print(f"Result: {escape(str(path))}")
 
 
 def _write_html(data: dict[str, Any], path: Path) -> None:

@@ -331,12 +331,114 @@ def _git_revision() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+@dataclass
+class MultiEvalResult:
+    """Several policies judged separately (one call per policy per item) on one dataset."""
+
+    id: str
+    runs: list[EvalResult]
+    label_names: list[str]
+    metrics: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": "magistrate.eval-multi/1",
+            "id": self.id,
+            "strategy": "separate",
+            "policies": [r.spec["policy"] for r in self.runs],
+            "labels": self.label_names,
+            "runs": [r.id for r in self.runs],
+            "metrics": self.metrics,
+        }
+
+
+def label_for(policy_id: str, labels: list[str]) -> str:
+    """The dataset label a policy judges: the same name, with `/` and `-` treated alike.
+
+    Raises:
+        MagistrateError: No such label in the dataset.
+    """
+
+    def norm(name: str) -> str:
+        return name.lower().replace("/", "-").replace("_", "-")
+
+    for label in labels:
+        if norm(label) == norm(policy_id):
+            return label
+    raise MagistrateError(
+        f"Policy {policy_id!r} matches none of the dataset's labels ({', '.join(labels)}). "
+        "For several policies at once, name each policy after the label it judges."
+    )
+
+
+async def run_multi_eval(
+    dataset: Dataset,
+    classifiers: list[Classifier],
+    *,
+    store: Store | None = None,
+    use_cache: bool = True,
+    max_errors: float | None = None,
+    threshold_split: float | None = None,
+    seed: int = 0,
+    on_result: ProgressFn | None = None,
+) -> MultiEvalResult:
+    """Judge every policy separately on its own label; per-policy metrics, exact match, cost.
+
+    An item counts towards exact-match accuracy only when every policy's gold label is known
+    for it, and it is right only when every policy's verdict matches (an abstention is wrong).
+    """
+    from dataclasses import replace as dc_replace
+
+    names = sorted({k for e in dataset.examples for k in e.labels})
+    label_names = [label_for(c.policy.id, names) for c in classifiers]
+    runs = []
+    for clf, label in zip(classifiers, label_names, strict=True):
+        part = dc_replace(
+            dataset,
+            name=f"{dataset.name}#{label}",
+            examples=tuple(dc_replace(e, gold=e.labels.get(label)) for e in dataset.examples),
+        )
+        runs.append(
+            await run_eval(
+                part, clf, store=store, use_cache=use_cache, seed=seed, on_result=on_result
+            )
+        )
+    by_item = [{r.example.id: r for r in run.items} for run in runs]
+    complete = [i for i in by_item[0] if all(i in b for b in by_item)]
+    gold = [[bool(b[i].example.gold) for b in by_item] for i in complete]
+    pred = [[b[i].pred for b in by_item] for i in complete]
+    fresh = [r for run in runs for r in run.items if not r.cached]
+    n_items = max(1, len({r.example.id for run in runs for r in run.items}))
+    metrics = {
+        "exact_match": m.exact_match(gold, pred),
+        "exact_match_items": len(complete),
+        "per_policy": {
+            run.spec["policy"]["id"]: {k: run.metrics[k] for k in ("f1", "precision", "recall")}
+            for run in runs
+        },
+        "calls_per_item": len(runs),
+        "seconds_per_item": sum(r.decision.latency_s for r in fresh)
+        / max(1, len(fresh))
+        * len(runs),
+        "tokens_per_item": sum(
+            r.decision.usage.prompt_tokens + r.decision.usage.completion_tokens
+            for run in runs
+            for r in run.items
+        )
+        / n_items,
+    }
+    return MultiEvalResult(new_ulid(), runs, label_names, metrics)
+
+
 __all__ = [
     "RESULT_SCHEMA",
     "EvalAborted",
     "EvalResult",
     "ItemResult",
+    "MultiEvalResult",
     "compute_metrics",
+    "label_for",
     "run_eval",
+    "run_multi_eval",
     "threshold_transfer",
 ]
