@@ -422,38 +422,14 @@ def test_html_report_renders_in_chromium_without_errors(tmp_path):
     page = tmp_path / "report.html"
     page.write_text(render_html(result), encoding="utf-8")
     assert "<script>alert" not in page.read_text()  # content is escaped, never markup
-    flags = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path / 'profile'}",
-        "--enable-logging=stderr",
-        "--v=0",
-        "--window-size=1200,1600",
-    ]
-    dom = subprocess.run(
-        [chromium(), *flags, "--dump-dom", page.as_uri()],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    dom = browser(tmp_path, page, "--dump-dom")
     assert 'data-ready="yes"' in dom.stdout, dom.stderr[-2000:]
     assert "Uncaught" not in dom.stderr and "CONSOLE" not in dom.stderr
     assert dom.stdout.count('data-kind="') == 4 and dom.stdout.count("<svg") == 2
     assert "&lt;script&gt;alert" in dom.stdout and "&lt;b&gt;bold?&lt;/b&gt;" in dom.stdout
     assert "<b>bold" not in dom.stdout
     shot = tmp_path / "shot.png"
-    subprocess.run(
-        [chromium(), *flags, f"--screenshot={shot}", page.as_uri()],
-        capture_output=True,
-        timeout=120,
-        check=True,
-    )
+    assert browser(tmp_path, page, f"--screenshot={shot}").returncode == 0
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(set(data[1000:3000])) > 20
 
@@ -466,24 +442,7 @@ def test_compare_page_renders_in_chromium(tmp_path):
     b["items"][1]["text"] = "<img src=x onerror=alert(1)> flipped"
     page = tmp_path / "compare.html"
     page.write_text(render_compare_html(compare(a, b, rounds=100)), encoding="utf-8")
-    flags = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path / 'profile'}",
-        "--enable-logging=stderr",
-        "--v=0",
-    ]
-    dom = subprocess.run(
-        [chromium(), *flags, "--dump-dom", page.as_uri()],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    dom = browser(tmp_path, page, "--dump-dom")
     assert 'data-ready="yes"' in dom.stdout, dom.stderr[-2000:]
     assert dom.stdout.count('data-kind="fixed"') == 2 and "<img" not in dom.stdout
 

@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from magistrate.backends import DEFAULT_MODEL, backend_for
 from magistrate.cli.app import EXIT_NO_VERDICT, app, err_console, out_console
-from magistrate.cli.logs import DatabaseOption
+from magistrate.cli.options import BaseUrlOption, DatabaseOption, EndpointOption, ModelOption
 from magistrate.decision import Decision, OnAbstain
 from magistrate.engine import Classifier
 from magistrate.errors import InputError
@@ -42,26 +42,9 @@ def classify(
             "with one item per line.",
         ),
     ] = None,
-    model: Annotated[
-        str, typer.Option("--model", "-m", envvar="MAGISTRATE_MODEL", help="provider/model.")
-    ] = DEFAULT_MODEL,
-    base_url: Annotated[
-        str | None,
-        typer.Option(
-            envvar="MAGISTRATE_BASE_URL",
-            help="For openai/<model>: the server's /v1 URL.",
-            show_default=False,
-        ),
-    ] = None,
-    endpoint: Annotated[
-        str | None,
-        typer.Option(
-            envvar="MAGISTRATE_ENDPOINT",
-            help="For openai/<model>: a preset (vllm, ollama, lmstudio, llamacpp, groq, "
-            "openrouter) or an endpoint from the config file.",
-            show_default=False,
-        ),
-    ] = None,
+    model: ModelOption = DEFAULT_MODEL,
+    base_url: BaseUrlOption = None,
+    endpoint: EndpointOption = None,
     mode: Annotated[Mode, typer.Option(envvar="MAGISTRATE_MODE", help="reason or score.")] = (
         Mode.REASON
     ),

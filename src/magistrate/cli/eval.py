@@ -14,7 +14,7 @@ from rich.table import Table
 
 from magistrate.backends import DEFAULT_MODEL, backend_for
 from magistrate.cli.app import app, err_console, out_console
-from magistrate.cli.logs import DatabaseOption
+from magistrate.cli.options import BaseUrlOption, DatabaseOption, EndpointOption, ModelOption
 from magistrate.decision import OnAbstain
 from magistrate.engine import Classifier
 from magistrate.errors import ConfigError
@@ -54,11 +54,9 @@ def run(
             "each on the dataset label of its name (multi-policy exact match).",
         ),
     ] = None,
-    model: Annotated[
-        str, typer.Option("--model", "-m", envvar="MAGISTRATE_MODEL", help="provider/model.")
-    ] = DEFAULT_MODEL,
-    base_url: Annotated[str | None, typer.Option(envvar="MAGISTRATE_BASE_URL")] = None,
-    endpoint: Annotated[str | None, typer.Option(envvar="MAGISTRATE_ENDPOINT")] = None,
+    model: ModelOption = DEFAULT_MODEL,
+    base_url: BaseUrlOption = None,
+    endpoint: EndpointOption = None,
     mode: Annotated[Mode, typer.Option(envvar="MAGISTRATE_MODE")] = Mode.SCORE,
     effort: Annotated[Effort, typer.Option(envvar="MAGISTRATE_EFFORT")] = Effort.MEDIUM,
     data_dir: Annotated[

@@ -13,8 +13,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from magistrate.cli.app import EXIT_VERIFY_FAILED, app, err_console, out_console
+from magistrate.cli.options import DatabaseOption
 from magistrate.errors import ConfigError, MissingDependency
-from magistrate.store import DATABASE_ENV, DecisionFilter, Store, StoredDecision, parse_since
+from magistrate.store import DecisionFilter, Store, StoredDecision, parse_since
 
 logs_app = typer.Typer(
     help="Read, export and verify the decision log (every decision is recorded by default).",
@@ -22,16 +23,6 @@ logs_app = typer.Typer(
 )
 app.add_typer(logs_app, name="logs")
 
-DatabaseOption = Annotated[
-    str | None,
-    typer.Option(
-        "--database",
-        "-d",
-        envvar=DATABASE_ENV,
-        help="Log to use: a SQLite file path or a database URL (default: the user data dir).",
-        show_default=False,
-    ),
-]
 PolicyOption = Annotated[str | None, typer.Option("--policy", "-p", help="Only this policy id.")]
 LabelOption = Annotated[str | None, typer.Option("--label", "-l", help="Only this label.")]
 SinceOption = Annotated[

@@ -12,7 +12,7 @@ from rich.syntax import Syntax
 from rich.table import Table
 
 from magistrate.cli.app import EXIT_USER_ERROR, app, out_console
-from magistrate.cli.logs import DatabaseOption
+from magistrate.cli.options import DatabaseOption
 from magistrate.errors import StoreError
 from magistrate.lint import Severity, count_tokens, lint_policy, output_summary
 from magistrate.policy import Policy, builtin_policy_names, load_policy

@@ -151,7 +151,8 @@ class Dataset:
             members = groups[key]
             take = round(n * len(members) / total)
             chosen += rng.sample(members, min(take, len(members)))
-        rest = [i for i in range(total) if i not in set(chosen)]
+        taken = set(chosen)
+        rest = [i for i in range(total) if i not in taken]
         while len(chosen) < n and rest:  # rounding: top up at random
             chosen.append(rest.pop(rng.randrange(len(rest))))
         chosen = sorted(chosen[:n])
