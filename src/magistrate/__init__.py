@@ -10,7 +10,7 @@ Example:
 from magistrate.backends import DEFAULT_MODEL, get_backend
 from magistrate.backends.base import Backend, Capabilities, Completion, CompletionOptions, Usage
 from magistrate.decision import Decision, OnAbstain
-from magistrate.engine import Classifier, classify
+from magistrate.engine import Classifier, CombinedClassifier, classify
 from magistrate.errors import (
     BackendError,
     BackendRateLimited,
@@ -28,7 +28,7 @@ from magistrate.errors import (
 )
 from magistrate.item import Item, Turn
 from magistrate.lint import Finding, lint_policy
-from magistrate.policy import Label, OutputFormat, Policy, load_policy, parse_policy
+from magistrate.policy import Label, OutputFormat, Policy, PolicyBundle, load_policy, parse_policy
 from magistrate.prompt import Effort, Mode, Prompt, build_prompt
 from magistrate.verdict import ParseStatus, Verdict, parse_verdict
 
@@ -44,6 +44,7 @@ __all__ = [
     "BackendUnavailable",
     "Capabilities",
     "Classifier",
+    "CombinedClassifier",
     "Completion",
     "CompletionOptions",
     "ConfigError",
@@ -62,6 +63,7 @@ __all__ = [
     "OutputFormat",
     "ParseStatus",
     "Policy",
+    "PolicyBundle",
     "PolicyError",
     "Prompt",
     "StoreError",

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,13 +28,14 @@ from magistrate.decision import Decision, OnAbstain
 from magistrate.errors import BackendError, BackendTimeout, ConfigError, InputError
 from magistrate.ids import new_ulid
 from magistrate.item import DEFAULT_MAX_CHARS, Item
-from magistrate.policy import Policy, load_policy
-from magistrate.prompt import Effort, Mode, Prompt, build_prompt
+from magistrate.policy import Policy, PolicyBundle, load_policy
+from magistrate.prompt import Effort, Mode, Prompt, build_bundle_prompt, build_prompt
 from magistrate.store import Recorder
 from magistrate.verdict import (
     ParseStatus,
     Verdict,
     failed,
+    parse_bundle_verdict,
     parse_verdict,
     verdict_from_scores,
     with_scores,
@@ -47,32 +49,11 @@ REASONING_MAX_TOKENS_BY_EFFORT = {Effort.LOW: 4096, Effort.MEDIUM: 8192, Effort.
 DecisionCallback = Callable[[Decision], None]
 
 
-class Classifier:
-    """Judges items under one policy with one backend.
-
-    Args:
-        policy: A `Policy`, a path to a policy file, or a bundled policy name.
-        model: A `provider/model` string or a ready `Backend`.
-        effort: Reasoning effort (`low`, `medium`, `high`).
-        mode: `reason` (the model writes its answer) or `score` (one label token, scored).
-        max_chars: Size limit for one item's content.
-        timeout_s: Per-item time limit; past it the decision is an error, not a label.
-        fallback: Retry with constrained decoding when a free answer does not parse.
-        calibrated: On backends that expose label scores, choose the label by the policy's
-            threshold (front matter `threshold`) rather than by the raw most-likely token, in
-            both modes; the model then writes its rule ids and rationale for that label.
-        max_tokens: Answer budget; default from the effort.
-        concurrency: Items in flight at once; default is what the backend allows.
-        on_abstain: What an abstention means for routing (`Decision.flagged`): `error`,
-            `fail-closed` (flag it) or `fail-open`; the verdict stays an abstention either way.
-        recorder: Records every decision (see `magistrate.store`); None records nothing.
-            Recording never changes a verdict; a decision that cannot be recorded raises
-            `StoreError` naming it.
-    """
+class _Engine:
+    """What every judge shares: the backend, mode, effort, budgets, timeouts and concurrency."""
 
     def __init__(
         self,
-        policy: Policy | str | Path,
         model: str | Backend = DEFAULT_MODEL,
         *,
         effort: Effort | str = Effort.MEDIUM,
@@ -86,7 +67,6 @@ class Classifier:
         on_abstain: OnAbstain | str = OnAbstain.ERROR,
         recorder: Recorder | None = None,
     ) -> None:
-        self.policy = policy if isinstance(policy, Policy) else load_policy(policy)
         self.effort = _enum(Effort, effort, "effort")
         self.mode = _enum(Mode, mode, "mode")
         self.backend = model if isinstance(model, Backend) else get_backend(model)
@@ -115,18 +95,7 @@ class Classifier:
             return content
         return Item.of(content, id=id, max_chars=self.max_chars)
 
-    def prompt(self, item: Item) -> Prompt:
-        """The prompt this classifier sends for `item`."""
-        return build_prompt(
-            self.policy,
-            item,
-            effort=self.effort,
-            native_reasoning=self.backend.capabilities.native_reasoning,
-        )
-
-    def options(self, *, constrained: bool = False) -> CompletionOptions:
-        """Completion options for this classifier's mode and effort."""
-        threshold = self.policy.threshold if self.calibrated else None
+    def _options(self, threshold: float | None, *, constrained: bool = False) -> CompletionOptions:
         if self.mode is Mode.SCORE:
             return CompletionOptions(
                 max_tokens=1,
@@ -140,6 +109,103 @@ class Classifier:
             label_threshold=threshold,
             timeout_s=self.timeout_s,
         )
+
+    async def aclose(self) -> None:
+        """Close the backend (only needed for backends this classifier created)."""
+        await self.backend.aclose()
+
+    async def _complete(self, prompt: Prompt, options: CompletionOptions) -> Completion:
+        if self.timeout_s is None:
+            return await self.backend.complete(prompt, options)
+        try:
+            # The backend enforces timeout_s itself where it can; this is the outer guard.
+            return await asyncio.wait_for(
+                self.backend.complete(prompt, options), timeout=self.timeout_s * 1.5 + 1
+            )
+        except TimeoutError:
+            raise BackendTimeout(
+                f"{self.backend.name} did not answer within {self.timeout_s} s."
+            ) from None
+
+    def _decision(
+        self,
+        policy: Policy,
+        item: Item,
+        verdict: Verdict,
+        options: dict[str, Any],
+        latency_s: float,
+        *,
+        completion: Completion | None = None,
+        usage: Usage | None = None,
+        error: str | None = None,
+    ) -> Decision:
+        return Decision(
+            id=new_ulid(),
+            created_at=datetime.now(UTC),
+            item_id=item.id,
+            item_hash=item.hash,
+            policy_id=policy.id,
+            policy_version=policy.version,
+            policy_hash=policy.hash,
+            backend=self.backend.name,
+            model=completion.model if completion else self.backend.model,
+            effort=self.effort.value,
+            mode=self.mode.value,
+            options={**options, "on_abstain": self.on_abstain.value},
+            verdict=verdict,
+            reasoning=completion.reasoning if completion else None,
+            usage=usage or Usage(),
+            latency_s=latency_s,
+            error=error,
+            metadata=dict(item.metadata),
+        )
+
+
+class Classifier(_Engine):
+    """Judges items under one policy with one backend.
+
+    Args:
+        policy: A `Policy`, a path to a policy file, or a bundled policy name.
+        model: A `provider/model` string or a ready `Backend`.
+        effort: Reasoning effort (`low`, `medium`, `high`).
+        mode: `reason` (the model writes its answer) or `score` (one label token, scored).
+        max_chars: Size limit for one item's content.
+        timeout_s: Per-item time limit; past it the decision is an error, not a label.
+        fallback: Retry with constrained decoding when a free answer does not parse.
+        calibrated: On backends that expose label scores, choose the label by the policy's
+            threshold (front matter `threshold`) rather than by the raw most-likely token, in
+            both modes; the model then writes its rule ids and rationale for that label.
+        max_tokens: Answer budget; default from the effort.
+        concurrency: Items in flight at once; default is what the backend allows.
+        on_abstain: What an abstention means for routing (`Decision.flagged`): `error`,
+            `fail-closed` (flag it) or `fail-open`; the verdict stays an abstention either way.
+        recorder: Records every decision (see `magistrate.store`); None records nothing.
+            Recording never changes a verdict; a decision that cannot be recorded raises
+            `StoreError` naming it.
+    """
+
+    def __init__(
+        self,
+        policy: Policy | str | Path,
+        model: str | Backend = DEFAULT_MODEL,
+        **kwargs: Any,
+    ) -> None:
+        self.policy = policy if isinstance(policy, Policy) else load_policy(policy)
+        super().__init__(model, **kwargs)
+
+    def prompt(self, item: Item) -> Prompt:
+        """The prompt this classifier sends for `item`."""
+        return build_prompt(
+            self.policy,
+            item,
+            effort=self.effort,
+            native_reasoning=self.backend.capabilities.native_reasoning,
+        )
+
+    def options(self, *, constrained: bool = False) -> CompletionOptions:
+        """Completion options for this classifier's mode and effort."""
+        threshold = self.policy.threshold if self.calibrated else None
+        return self._options(threshold, constrained=constrained)
 
     async def classify(self, content: str | bytes | Item, *, id: str | None = None) -> Decision:
         """Judge one item. Backend failures come back as decisions with status `error`.
@@ -169,14 +235,21 @@ class Classifier:
                 completion, verdict = retry, self._verdict(retry)
         except (BackendError, InputError) as exc:
             return self._decision(
+                self.policy,
                 item,
                 failed(ParseStatus.ERROR, detail=str(exc)),
-                options,
+                options.to_dict(),
                 time.perf_counter() - start,
                 error=str(exc),
             )
         return self._decision(
-            item, verdict, options, time.perf_counter() - start, completion=completion, usage=usage
+            self.policy,
+            item,
+            verdict,
+            options.to_dict(),
+            time.perf_counter() - start,
+            completion=completion,
+            usage=usage,
         )
 
     async def classify_many(
@@ -205,23 +278,6 @@ class Classifier:
 
         return list(await asyncio.gather(*(one(item) for item in checked)))
 
-    async def aclose(self) -> None:
-        """Close the backend (only needed for backends this classifier created)."""
-        await self.backend.aclose()
-
-    async def _complete(self, prompt: Prompt, options: CompletionOptions) -> Completion:
-        if self.timeout_s is None:
-            return await self.backend.complete(prompt, options)
-        try:
-            # The backend enforces timeout_s itself where it can; this is the outer guard.
-            return await asyncio.wait_for(
-                self.backend.complete(prompt, options), timeout=self.timeout_s * 1.5 + 1
-            )
-        except TimeoutError:
-            raise BackendTimeout(
-                f"{self.backend.name} did not answer within {self.timeout_s} s."
-            ) from None
-
     def _verdict(self, completion: Completion) -> Verdict:
         if self.mode is Mode.SCORE:
             return verdict_from_scores(completion.label_probs, self.policy)
@@ -233,36 +289,115 @@ class Classifier:
     def _should_fall_back(self, verdict: Verdict) -> bool:
         return self.fallback and self.mode is Mode.REASON and not verdict.ok
 
-    def _decision(
+
+class CombinedClassifier(_Engine):
+    """Judges items under several policies at once: one prompt and one call per item.
+
+    The "combined" multi-policy strategy: the model reads every policy and answers one label
+    per policy (`build_bundle_prompt`, `parse_bundle_verdict`). Each policy gets its own
+    `Decision`, recorded under that policy; their `options` name the bundle (`bundle`,
+    `bundle_policies`) so they can be told apart from decisions made one policy at a time.
+    Every decision of one call carries that call's whole latency and usage (shared, not
+    split); count it once per item when adding up cost. Reason mode only.
+
+    Args:
+        policies: Two or more policies (or paths, or bundled names), in answer order.
+        model: A `provider/model` string or a ready `Backend`.
+        **kwargs: As for `Classifier` (`effort`, `timeout_s`, `fallback`, `on_abstain`, ...).
+
+    Raises:
+        ConfigError: Score mode was asked for.
+        PolicyError: Fewer than two policies, or two with one id.
+    """
+
+    def __init__(
         self,
-        item: Item,
-        verdict: Verdict,
-        options: CompletionOptions,
-        latency_s: float,
-        *,
-        completion: Completion | None = None,
-        usage: Usage | None = None,
-        error: str | None = None,
-    ) -> Decision:
-        return Decision(
-            id=new_ulid(),
-            created_at=datetime.now(UTC),
-            item_id=item.id,
-            item_hash=item.hash,
-            policy_id=self.policy.id,
-            policy_version=self.policy.version,
-            policy_hash=self.policy.hash,
-            backend=self.backend.name,
-            model=completion.model if completion else self.backend.model,
-            effort=self.effort.value,
-            mode=self.mode.value,
-            options={**options.to_dict(), "on_abstain": self.on_abstain.value},
-            verdict=verdict,
-            reasoning=completion.reasoning if completion else None,
-            usage=usage or Usage(),
-            latency_s=latency_s,
-            error=error,
-            metadata=dict(item.metadata),
+        policies: PolicyBundle | Iterable[Policy | str | Path],
+        model: str | Backend = DEFAULT_MODEL,
+        **kwargs: Any,
+    ) -> None:
+        self.bundle = policies if isinstance(policies, PolicyBundle) else PolicyBundle.of(policies)
+        if Mode(kwargs.get("mode", Mode.REASON)) is not Mode.REASON:
+            raise ConfigError(
+                "Several policies in one prompt need reason mode: one scored label token "
+                "cannot answer for each policy. Use --mode reason, or judge the policies "
+                "separately (--strategy separate) for scores."
+            )
+        kwargs["calibrated"] = False
+        super().__init__(model, **kwargs)
+
+    @property
+    def policies(self) -> tuple[Policy, ...]:
+        """The bundle's policies, in answer order."""
+        return self.bundle.policies
+
+    def prompt(self, item: Item) -> Prompt:
+        """The one prompt sent for `item`."""
+        return build_bundle_prompt(
+            self.bundle,
+            item,
+            effort=self.effort,
+            native_reasoning=self.backend.capabilities.native_reasoning,
+        )
+
+    def options(self, *, constrained: bool = False) -> CompletionOptions:
+        """Completion options (reason mode, no label scores)."""
+        return replace(self._options(None, constrained=constrained), scores=False)
+
+    def decision_options(self, *, constrained: bool = False) -> dict[str, Any]:
+        """What a decision made in a combined call records as its options."""
+        return {
+            **self.options(constrained=constrained).to_dict(),
+            "bundle": self.bundle.hash,
+            "bundle_policies": list(self.bundle.ids),
+        }
+
+    async def classify(
+        self, content: str | bytes | Item, *, id: str | None = None
+    ) -> tuple[Decision, ...]:
+        """Judge one item under every policy; one decision per policy, in bundle order.
+
+        Raises:
+            InputError: The content cannot be classified (empty, too large, binary).
+            StoreError: A decision was made but could not be recorded.
+        """
+        item = self.item(content, id=id)
+        decisions = await self._judge(item)
+        if self.recorder is not None:
+            for decision, policy in zip(decisions, self.policies, strict=True):
+                await self.recorder.arecord(decision, policy, item)
+        return decisions
+
+    async def _judge(self, item: Item) -> tuple[Decision, ...]:
+        start = time.perf_counter()
+        prompt = self.prompt(item)
+        constrained = False
+        try:
+            completion = await self._complete(prompt, self.options())
+            verdicts = self._verdicts(completion)
+            usage = completion.usage
+            if self.fallback and not all(v.ok for v in verdicts):
+                constrained = True
+                retry = await self._complete(prompt, self.options(constrained=True))
+                usage = usage + retry.usage
+                completion, verdicts = retry, self._verdicts(retry)
+        except (BackendError, InputError) as exc:
+            error = failed(ParseStatus.ERROR, detail=str(exc))
+            elapsed = time.perf_counter() - start
+            return tuple(
+                self._decision(p, item, error, self.decision_options(), elapsed, error=str(exc))
+                for p in self.policies
+            )
+        elapsed = time.perf_counter() - start
+        options = self.decision_options(constrained=constrained)
+        return tuple(
+            self._decision(p, item, v, options, elapsed, completion=completion, usage=usage)
+            for p, v in zip(self.policies, verdicts, strict=True)
+        )
+
+    def _verdicts(self, completion: Completion) -> tuple[Verdict, ...]:
+        return parse_bundle_verdict(
+            completion.text, self.bundle, truncated=completion.finish_reason == "length"
         )
 
 

@@ -181,6 +181,65 @@ class Policy:
         return next((s for s in self.sections if s.kind == kind), None)
 
 
+@dataclass(frozen=True)
+class PolicyBundle:
+    """Several policies judged together in one prompt (the "combined" multi-policy strategy).
+
+    The model reads every policy and answers one label per policy; each answer is parsed and
+    recorded under its own policy, so the decision log keeps one decision per policy.
+
+    Example:
+        >>> bundle = PolicyBundle.of(["hate", "violence"])
+        >>> bundle.ids, bundle.short_hash
+    """
+
+    policies: tuple[Policy, ...]
+
+    @classmethod
+    def of(cls, policies: Iterable[Policy | str | Path]) -> PolicyBundle:
+        """A bundle from policies, paths or bundled names.
+
+        Raises:
+            PolicyError: Fewer than two policies, or two share an id (answers are keyed by id).
+        """
+        loaded = tuple(p if isinstance(p, Policy) else load_policy(p) for p in policies)
+        if len(loaded) < 2:
+            raise PolicyError("A policy bundle needs at least two policies.")
+        ids = [p.id for p in loaded]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise PolicyError(
+                f"Policies in one bundle need distinct ids; {', '.join(dupes)} appears twice. "
+                "Give each policy its own `id` in its front matter."
+            )
+        return cls(loaded)
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        """The member policies' ids, in prompt order."""
+        return tuple(p.id for p in self.policies)
+
+    @property
+    def id(self) -> str:
+        """The members' ids joined with `+`."""
+        return "+".join(self.ids)
+
+    @property
+    def hash(self) -> str:
+        """SHA-256 over the members' hashes in order: changes when any member's text does."""
+        return hashlib.sha256("\n".join(p.hash for p in self.policies).encode()).hexdigest()
+
+    @property
+    def short_hash(self) -> str:
+        """The first 12 hex digits of the hash, for display."""
+        return self.hash[:12]
+
+    @property
+    def known_rule_ids(self) -> frozenset[str]:
+        """Every rule id that some member defines (or a parent of one)."""
+        return frozenset().union(*(p.known_rule_ids for p in self.policies))
+
+
 class _LabelSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1)

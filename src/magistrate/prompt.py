@@ -25,7 +25,7 @@ from enum import StrEnum
 from typing import Any
 
 from magistrate.item import Item
-from magistrate.policy import OutputFormat, Policy
+from magistrate.policy import OutputFormat, Policy, PolicyBundle
 
 RATIONALE_MAX_WORDS = 30
 RATIONALE_MAX_CHARS = 300
@@ -120,6 +120,80 @@ def build_prompt(
         schema=answer_schema(policy) if policy.output is OutputFormat.JSON else None,
         grammar=None if policy.output is OutputFormat.JSON else answer_grammar(policy),
         native_reasoning=native_reasoning,
+    )
+
+
+def build_bundle_prompt(
+    bundle: PolicyBundle,
+    item: Item,
+    *,
+    effort: Effort | str = Effort.MEDIUM,
+    native_reasoning: bool = False,
+) -> Prompt:
+    """Build one prompt that asks for a label under every policy of a bundle.
+
+    The system message holds each policy's text under its own numbered heading, then one
+    output-format block that replaces the policies' own formats: one `id: label` line per
+    policy in bundle order, then a rationale line. Score mode is not offered for bundles (a
+    single label token cannot carry several answers); judge policies separately for scores.
+
+    Args:
+        bundle: The policies, in the order their answer lines are asked for.
+        item: The checked content; it goes into the user message and nowhere else.
+        effort: Reasoning effort.
+        native_reasoning: True for models that reason on a separate channel (gpt-oss).
+    """
+    n = len(bundle.policies)
+    parts = [
+        f"You apply {n} separate policies to the content in the user message. Judge the "
+        "content under each policy on its own terms: a label under one policy says nothing "
+        "about another. Each policy's own OUTPUT FORMAT section is replaced by the one at "
+        "the end."
+    ]
+    for i, policy in enumerate(bundle.policies, 1):
+        parts.append(f"# POLICY {i} OF {n}: {policy.id}\n\n{policy.body.strip()}")
+    parts.append(bundle_format_block(bundle, native_reasoning))
+    system = "\n\n".join(parts) + "\n"
+    return Prompt(
+        messages=(Message("system", system), Message("user", item.text)),
+        prefill="" if native_reasoning else f"{bundle.ids[0]}: ",
+        candidates=(),
+        violating=(),
+        effort=Effort(effort),
+        grammar=bundle_grammar(bundle),
+        native_reasoning=native_reasoning,
+    )
+
+
+def bundle_format_block(bundle: PolicyBundle, native_reasoning: bool) -> str:
+    """The combined output-format block: one `id: label` line per policy."""
+    lines = [f"{p.id}: " + " or ".join(label.name for label in p.labels) for p in bundle.policies]
+    block = (
+        "## OUTPUT FORMAT (all policies)\n"
+        f"Reply with exactly {len(lines)} lines, one per policy, in this order, each the "
+        "policy id, a colon and exactly one of its labels:\n" + "\n".join(lines) + "\n"
+    )
+    if native_reasoning:
+        return block + "No other text.\n"
+    rules = ", ".join(sorted(bundle.known_rule_ids)) or "none"
+    return (
+        block + f"Then a last line: `Rationale:` then one sentence of at most "
+        f"{RATIONALE_MAX_WORDS} words that names the rule ids that apply.\n"
+        f"Valid rule ids: {rules}.\n"
+    )
+
+
+def bundle_grammar(bundle: PolicyBundle) -> str:
+    """GBNF grammar of a valid combined answer: the label lines, then a rationale line."""
+    rules = []
+    root = []
+    for i, policy in enumerate(bundle.policies):
+        labels = " | ".join(json.dumps(label.name) for label in policy.labels)
+        rules.append(f"label{i} ::= {labels}")
+        root.append(f"{json.dumps(policy.id + ': ')} label{i} " + r'"\n"')
+    return (
+        "root ::= " + " ".join(root) + ' "Rationale: " text\n' + "\n".join(rules) + "\n"
+        f"text ::= [^\\n]{{1,{RATIONALE_MAX_CHARS}}}\n"
     )
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-from magistrate.policy import Label, OutputFormat, Policy, find_rule_ids
+from magistrate.policy import Label, OutputFormat, Policy, PolicyBundle, find_rule_ids
 
 _FENCE_RE = re.compile(r"^```[a-zA-Z]*\s*|\s*```\s*$")
 _RATIONALE_RE = re.compile(r"(?im)^\s*(?:\*\*)?(?:rationale|reason|because)(?:\*\*)?\s*:\s*(.+)$")
@@ -135,6 +135,68 @@ def parse_verdict(text: str | None, policy: Policy, *, truncated: bool = False) 
     if truncated and verdict.status is ParseStatus.MALFORMED:
         return replace(verdict, status=ParseStatus.TRUNCATED)
     return verdict
+
+
+def parse_bundle_verdict(
+    text: str | None, bundle: PolicyBundle, *, truncated: bool = False
+) -> tuple[Verdict, ...]:
+    """Parse a combined answer: one verdict per policy of the bundle, in bundle order.
+
+    Each policy's answer is the line that starts with its id (`hate: 1`, `**hate**: 1`); a
+    JSON object keyed by policy id is read too. A policy whose line is missing or unreadable
+    gets its own failed verdict; the others keep theirs. Rule ids cited on the rationale line
+    go to the policy that defines them; ids that no policy defines are kept as unknown.
+    """
+    answer = (text or "").strip()
+    if not answer:
+        status, detail = (
+            (ParseStatus.TRUNCATED, "the token limit was reached before a final answer")
+            if truncated
+            else (ParseStatus.NO_FINAL_ANSWER, "the model gave no final answer")
+        )
+        return tuple(failed(status, detail=detail) for _ in bundle.policies)
+    body = _FENCE_RE.sub("", answer).strip()
+    obj = _first_json_object(body) if body.startswith("{") else None
+    match = _RATIONALE_RE.search(answer)
+    rationale = match.group(1).strip() if match else None
+    cited = find_rule_ids(rationale or "")
+    unknown = tuple(dict.fromkeys(c for c in cited if c not in bundle.known_rule_ids))
+    verdicts = []
+    for policy in bundle.policies:
+        raw = _bundle_answer(body, obj, policy.id)
+        if raw is None:
+            status = ParseStatus.TRUNCATED if truncated else ParseStatus.MALFORMED
+            verdicts.append(
+                failed(status, answer=answer, detail=f"no `{policy.id}:` line in the answer")
+            )
+            continue
+        flag = _as_flag(raw) if policy.output is OutputFormat.JSON else None
+        if flag is not None:
+            verdict = Verdict(ParseStatus.OK, label=_flag_label(policy, flag), violation=flag)
+        else:
+            verdict = _parse_label(raw, policy)
+        if verdict.ok:
+            own = tuple(dict.fromkeys(c for c in cited if c in policy.known_rule_ids))
+            verdict = replace(
+                verdict,
+                rule_ids=tuple(dict.fromkeys(verdict.rule_ids + own)),
+                unknown_rule_ids=unknown,
+                rationale=rationale,
+            )
+        verdicts.append(replace(verdict, answer=answer))
+    return tuple(verdicts)
+
+
+def _bundle_answer(body: str, obj: dict[str, Any] | None, policy_id: str) -> str | None:
+    """The text of one policy's answer in a combined reply, or None when it is missing."""
+    if obj is not None:
+        value = obj.get(policy_id)
+        return None if value is None else str(value)
+    pattern = re.compile(
+        rf"(?im)^\s*[-*`]*\s*{re.escape(policy_id)}\s*[*`]*\s*[:=]\s*(?P<rest>.+?)\s*$"
+    )
+    found = pattern.search(body)
+    return found.group("rest") if found else None
 
 
 def with_scores(verdict: Verdict, probs: Mapping[str, float] | None, policy: Policy) -> Verdict:

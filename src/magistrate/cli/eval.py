@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,16 +17,32 @@ from magistrate.backends import DEFAULT_MODEL, backend_for
 from magistrate.cli.app import app, err_console, out_console
 from magistrate.cli.options import BaseUrlOption, DatabaseOption, EndpointOption, ModelOption
 from magistrate.decision import OnAbstain
-from magistrate.engine import Classifier
+from magistrate.engine import Classifier, CombinedClassifier
 from magistrate.errors import ConfigError
 from magistrate.evaluate.compare import compare as compare_results
 from magistrate.evaluate.compare import load_result
 from magistrate.evaluate.datasets import DATA_DIR_ENV, Columns, load_dataset
 from magistrate.evaluate.report_html import render_compare_html, render_html
 from magistrate.evaluate.report_table import published_rows, table_rows
-from magistrate.evaluate.runner import EvalResult, ItemResult, run_eval, run_multi_eval
+from magistrate.evaluate.runner import (
+    EvalResult,
+    ItemResult,
+    MultiEvalResult,
+    run_combined_eval,
+    run_eval,
+    run_multi_eval,
+)
 from magistrate.prompt import Effort, Mode
 from magistrate.store import Store
+
+
+class Strategy(StrEnum):
+    """How several policies are judged."""
+
+    SEPARATE = "separate"
+    COMBINED = "combined"
+    BOTH = "both"
+
 
 eval_app = typer.Typer(
     help="Evaluate a policy on labelled data (run with --dataset/--policy), or compare runs.",
@@ -50,10 +67,17 @@ def run(
         typer.Option(
             "--policy",
             "-p",
-            help="Policy file or bundled name. Repeat to judge several policies separately, "
-            "each on the dataset label of its name (multi-policy exact match).",
+            help="Policy file or bundled name. Repeat for several policies, each judged on "
+            "the dataset label of its name (multi-policy exact match).",
         ),
     ] = None,
+    strategy: Annotated[
+        Strategy,
+        typer.Option(
+            help="Several policies: one call per policy (separate), one prompt for all "
+            "(combined, reason mode), or both side by side.",
+        ),
+    ] = Strategy.SEPARATE,
     model: ModelOption = DEFAULT_MODEL,
     base_url: BaseUrlOption = None,
     endpoint: EndpointOption = None,
@@ -64,12 +88,28 @@ def run(
         typer.Option(envvar=DATA_DIR_ENV, help="Folder holding the built-in datasets."),
     ] = None,
     text_col: Annotated[str | None, typer.Option(help="Column with the text (files).")] = None,
-    label_col: Annotated[str | None, typer.Option(help="Column with the gold label.")] = None,
+    label_col: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Column with the gold label. Repeat to keep several labels by name, one per "
+            "policy judged (the first is the single-policy gold).",
+        ),
+    ] = None,
     id_col: Annotated[str | None, typer.Option(help="Column with the item id.")] = None,
     positive: Annotated[
         list[str] | None,
         typer.Option(help="A label value that means violating (repeat for several)."),
     ] = None,
+    shape: Annotated[
+        str,
+        typer.Option(
+            help="File shape: rows (a text and a label per row) or teen-safety (a prompt, a "
+            "response and a label for each per row).",
+        ),
+    ] = "rows",
+    target: Annotated[
+        str, typer.Option(help="teen-safety shape: judge the prompt or the response.")
+    ] = "prompt",
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N items.")] = None,
     sample: Annotated[
         int | None, typer.Option(min=1, help="A stratified random sample of N items.")
@@ -104,7 +144,15 @@ def run(
         return
     if dataset is None or not policy:
         raise ConfigError("Give --dataset and --policy (or a subcommand: compare, report).")
-    columns = Columns(text=text_col, label=label_col, id=id_col, positive=frozenset(positive or ()))
+    columns = Columns(
+        text=text_col,
+        label=label_col[0] if label_col else None,
+        labels=tuple(label_col or ())[1:] if len(label_col or ()) > 1 else (),
+        id=id_col,
+        positive=frozenset(positive or ()),
+        shape=shape,
+        target=target,
+    )
     data = load_dataset(dataset, data_dir_path=data_dir, columns=columns)
     if len(policy) == 1:
         data = data.labelled()
@@ -116,6 +164,31 @@ def run(
         raise ConfigError(f"Dataset {dataset!r} has no items with a gold label.")
     store = Store(database)
     backend = backend_for(model, base_url=base_url, endpoint=endpoint)
+    output.mkdir(parents=True, exist_ok=True)
+    if len(policy) > 1:
+        engine_args: dict[str, Any] = {
+            "effort": effort,
+            "timeout_s": timeout,
+            "on_abstain": on_abstain,
+        }
+        runs: list[tuple[str, Any]] = []
+        if strategy is not Strategy.COMBINED:
+            runs.append(
+                (
+                    "separate",
+                    [
+                        Classifier(p, backend, mode=mode, calibrated=calibrate, **engine_args)
+                        for p in policy
+                    ],
+                )
+            )
+        if strategy is not Strategy.SEPARATE:
+            runs.append(("combined", CombinedClassifier(policy, backend, **engine_args)))
+        try:
+            _multi(data, runs, store, cache, seed, output, as_json, max_errors, threshold_split)
+        finally:
+            store.close()
+        return
     classifiers = [
         Classifier(
             p,
@@ -128,11 +201,6 @@ def run(
         )
         for p in policy
     ]
-    output.mkdir(parents=True, exist_ok=True)
-    if len(classifiers) > 1:
-        _multi(data, classifiers, store, cache, seed, output, as_json, max_errors, threshold_split)
-        store.close()
-        return
     result = _run_with_progress(
         data, classifiers[0], store, cache, max_errors, threshold_split, seed
     )
@@ -163,7 +231,7 @@ def _write_result(result: EvalResult, output: Path) -> Path:
 
 def _multi(
     data: Any,
-    classifiers: list[Classifier],
+    runs: list[tuple[str, Any]],
     store: Store,
     cache: bool,
     seed: int,
@@ -173,31 +241,70 @@ def _multi(
     threshold_split: float | None,
 ) -> None:
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
-    with Progress(*columns, console=err_console, transient=True) as progress:
-        task = progress.add_task(
-            f"{len(classifiers)} policies x {len(data)} items",
-            total=len(classifiers) * len(data),
-        )
-        multi = asyncio.run(
-            run_multi_eval(
-                data,
-                classifiers,
-                store=store,
-                use_cache=cache,
-                max_errors=max_errors,
-                threshold_split=threshold_split,
-                seed=seed,
-                on_result=lambda _r, _c: progress.advance(task),
+    results: list[MultiEvalResult] = []
+    for strategy, engine in runs:
+        n_policies = len(engine) if isinstance(engine, list) else len(engine.policies)
+        with Progress(*columns, console=err_console, transient=True) as progress:
+            task = progress.add_task(
+                f"{n_policies} policies x {len(data)} items ({strategy})",
+                total=n_policies * len(data),
             )
-        )
-    paths = [_write_result(run, output) for run in multi.runs]
-    summary = {**multi.to_dict(), "results": [str(p) for p in paths]}
-    path = output / f"{multi.id}.multi.json"
-    path.write_text(json.dumps(summary, indent=1), "utf-8")
+
+            def tick(_r: ItemResult, _c: dict[str, int], task: Any = task) -> None:
+                progress.advance(task)
+
+            if isinstance(engine, CombinedClassifier):
+                coro = run_combined_eval(
+                    data,
+                    engine,
+                    store=store,
+                    use_cache=cache,
+                    max_errors=max_errors,
+                    seed=seed,
+                    on_result=tick,
+                )
+            else:
+                coro = run_multi_eval(
+                    data,
+                    engine,
+                    store=store,
+                    use_cache=cache,
+                    max_errors=max_errors,
+                    threshold_split=threshold_split,
+                    seed=seed,
+                    on_result=tick,
+                )
+            results.append(asyncio.run(coro))
+    summaries = []
+    for multi in results:
+        paths = [_write_result(run, output) for run in multi.runs]
+        summary = {**multi.to_dict(), "results": [str(p) for p in paths]}
+        path = output / f"{multi.id}.multi.json"
+        path.write_text(json.dumps(summary, indent=1), "utf-8")
+        summaries.append({**summary, "result": str(path)})
     if as_json:
-        out_console.out(json.dumps({**summary, "result": str(path)}, indent=2), highlight=False)
+        payload = summaries[0] if len(summaries) == 1 else {"strategies": summaries}
+        out_console.out(json.dumps(payload, indent=2), highlight=False)
         return
-    table = Table("policy", "label", "F1", "precision", "recall", "items", box=None)
+    for multi, summary in zip(results, summaries, strict=True):
+        _print_multi(multi)
+        err_console.print(f"Result: {escape(summary['result'])}")
+
+
+def _print_multi(multi: MultiEvalResult) -> None:
+    table = Table(
+        "policy",
+        "label",
+        "F1",
+        "precision",
+        "recall",
+        "parse",
+        "items",
+        box=None,
+        title="policies judged "
+        + ("in one prompt" if multi.strategy == "combined" else "separately"),
+        title_justify="left",
+    )
     for run, label in zip(multi.runs, multi.label_names, strict=True):
         mtr = run.metrics
         table.add_row(
@@ -206,16 +313,16 @@ def _multi(
             _ci(mtr["f1"], mtr["ci95"]["f1"]),
             f"{mtr['precision']:.3f}",
             f"{mtr['recall']:.3f}",
+            f"{mtr['parse_rate']:.3f}",
             str(run.spec["dataset"]["items"]),
         )
     out_console.print(table)
     mm = multi.metrics
     out_console.print(
         f"exact match {mm['exact_match']:.3f} over {mm['exact_match_items']} items with every "
-        f"label known · {mm['calls_per_item']} calls, {mm['seconds_per_item']:.2f} s and "
-        f"{mm['tokens_per_item']:.0f} tokens per item (policies judged separately)"
+        f"label known · {mm['calls_per_item']} call(s), {mm['seconds_per_item']:.2f} s and "
+        f"{mm['tokens_per_item']:.0f} tokens per item ({multi.strategy})"
     )
-    err_console.print(f"Result: {escape(str(path))}")
 
 
 def _write_html(data: dict[str, Any], path: Path) -> None:
@@ -406,10 +513,18 @@ def report_table(
         interval = f" [{ci[0] * 100:.1f}, {ci[1] * 100:.1f}]" if ci else ""
         return f"{entry['f1'] * 100:.1f}{interval} (n={entry['items']}, {entry['policy']})"
 
+    def multi_cell(entry: dict[str, Any] | None) -> str:
+        if entry is None:
+            return "-"
+        return (
+            f"{entry['exact_match'] * 100:.1f}% (n={entry['items']}, {entry['policies']} "
+            f"policies {entry['strategy']}, {escape(entry['dataset'])})"
+        )
+
     for row in ours:
         table.add_row(
             escape(f"{row['backend']} ({row['mode']}, {row['effort']})"),
-            "-",
+            multi_cell(row["multi_policy_accuracy"]),
             cell(row.get("oai_mod_f1")),
             cell(row.get("toxicchat_f1")),
         )

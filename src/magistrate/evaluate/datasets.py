@@ -12,6 +12,10 @@ data folder (`--data-dir` or `$MAGISTRATE_DATA_DIR`); nothing is downloaded.
                              human-annotated rows; `toxicchat:train` is the train split)
     sms-spam                 sms_spam_collection/SMSSpamCollection.dev70.tsv, positive = spam
 
+Files: one text and one label per row (`Columns`; the bundled `examples/spam.jsonl` golden
+set is this shape), or the teen-safety validation shape (`--shape teen-safety`): a prompt,
+a response and a label for each in one row, judged as the prompt or as the response.
+
 A dataset is identified by the SHA-256 of its rows (ids, texts, gold labels), so results
 name exactly what they were computed on.
 
@@ -29,12 +33,14 @@ import io
 import json
 import os
 import random
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from magistrate.errors import ConfigError, InputError, MissingDependency
+from magistrate.item import Turn, render_turns
 
 DATA_DIR_ENV = "MAGISTRATE_DATA_DIR"
 TEXT_COLUMNS = ("text", "content", "prompt", "user_input", "message")
@@ -251,6 +257,12 @@ class Columns:
     id: str | None = None
     positive: frozenset[str] = field(default_factory=frozenset)
     """Label values that mean "violating" (case-insensitive); default: common true words."""
+    labels: tuple[str, ...] = ()
+    """Further label columns, kept by name in `Example.labels` (policies judged together)."""
+    shape: str = "rows"
+    """`rows` (one text and one label per row) or `teen-safety` (see `load_paired`)."""
+    target: str = "prompt"
+    """For `teen-safety`: judge the `prompt`, or the `response` in its conversation."""
 
 
 def load_dataset(
@@ -279,11 +291,92 @@ def load_dataset(
         raise ConfigError(
             f"{name!r} is neither a built-in dataset ({', '.join(BUILTIN)}) nor a file."
         )
-    return load_file(path, columns or Columns())
+    columns = columns or Columns()
+    if columns.shape == "teen-safety":
+        return load_paired(path, columns)
+    if columns.shape != "rows":
+        raise ConfigError(f"Unknown dataset shape {columns.shape!r}; use rows or teen-safety.")
+    return load_file(path, columns)
 
 
-def load_file(path: Path, columns: Columns) -> Dataset:
-    """Rows of a .jsonl(.gz), .csv, .tsv or .parquet file mapped through `columns`."""
+PROMPT_COLUMNS = ("prompt", "user_prompt", "user_input", "input", "query")
+RESPONSE_COLUMNS = (
+    "response",
+    "model_response",
+    "assistant_response",
+    "example_response",
+    "output",
+)
+
+
+def load_paired(path: Path, columns: Columns) -> Dataset:
+    """The teen-safety validation shape: a prompt, a response and a label for each, per row.
+
+    `target` chooses what is judged: the prompt alone (gold = the prompt's label), or the
+    response within its conversation (`user: ...` then `assistant: ...`, gold = the
+    response's label). Both labels are kept as `prompt` and `response` in `Example.labels`.
+    Labels may be yes/no words, 0/1, or severity tiers such as `DC0`-`DC3` (tier 0 is safe,
+    any higher tier violates).
+
+    Raises:
+        ConfigError: The prompt, response or label columns cannot be found.
+        InputError: A row without text, or a label that is none of the above.
+    """
+    if columns.target not in ("prompt", "response"):
+        raise ConfigError(f"--target is prompt or response, not {columns.target!r}.")
+    rows = _rows(path)
+    keys = list(rows[0])
+    lowered = {k.lower(): k for k in keys}
+    prompt_col = columns.text if columns.target == "prompt" and columns.text else None
+    prompt_col = prompt_col or _guess([k.lower() for k in keys], PROMPT_COLUMNS, path, "--text-col")
+    prompt_col = lowered.get(prompt_col, prompt_col)
+    response_col = lowered.get(
+        _guess([k.lower() for k in keys], RESPONSE_COLUMNS, path, "--text-col")
+    )
+    label_cols = {}
+    for side in ("prompt", "response"):
+        found = [k for k in keys if side in k.lower() and _is_label_name(k)]
+        if columns.label and side == columns.target:
+            found = [columns.label]
+        if not found:
+            raise ConfigError(
+                f"{path}: which column holds the {side}'s label? Expected a column such as "
+                f"{side}_label; pass --label-col (columns: {keys})."
+            )
+        label_cols[side] = found[0]
+    positive = {v.lower() for v in columns.positive}
+    examples = []
+    for n, row in enumerate(rows):
+        prompt = _text(row.get(prompt_col), path, n)
+        golds = {
+            side: _tier_gold(row.get(col), positive, path, n) for side, col in label_cols.items()
+        }
+        if columns.target == "response":
+            response = _text(row.get(str(response_col)), path, n)
+            text = render_turns([Turn("user", prompt), Turn("assistant", response)])
+        else:
+            text = prompt
+        rid = str(row.get(columns.id or "id") or f"row-{n:05d}")
+        examples.append(Example(f"{rid}#{columns.target}", text, golds[columns.target], golds))
+    label = label_cols[columns.target]
+    return Dataset(f"{path.name}:{columns.target}", str(path), tuple(examples), f"{label} violates")
+
+
+def _is_label_name(name: str) -> bool:
+    low = name.lower()
+    return any(word in low for word in ("label", "class", "rating", "tier", "verdict"))
+
+
+def _tier_gold(value: Any, positive: set[str], path: Path, n: int) -> bool | None:
+    """A yes/no label, or a severity tier (`DC0` safe, `DC1`-`DC3` violating)."""
+    if isinstance(value, str) and not positive:
+        tier = re.fullmatch(r"\s*[A-Za-z]{1,6}-?(\d+)(?:\.[A-Za-z0-9]+)*\s*", value)
+        if tier is not None:
+            return int(tier.group(1)) > 0
+    return _gold(value, positive, path, n)
+
+
+def _rows(path: Path) -> list[dict[str, Any]]:
     suffixes = "".join(path.suffixes[-2:]).lower()
     if suffixes.endswith((".jsonl", ".jsonl.gz", ".ndjson", ".json")):
         rows: list[dict[str, Any]] = list(_jsonl_rows(path))
@@ -297,18 +390,26 @@ def load_file(path: Path, columns: Columns) -> Dataset:
         raise ConfigError(f"{path}: use a .jsonl, .csv, .tsv or .parquet file.")
     if not rows:
         raise InputError(f"{path} holds no rows.")
+    return rows
+
+
+def load_file(path: Path, columns: Columns) -> Dataset:
+    """Rows of a .jsonl(.gz), .csv, .tsv or .parquet file mapped through `columns`."""
+    rows = _rows(path)
     keys = list(rows[0])
     text_col = columns.text or _guess(keys, TEXT_COLUMNS, path, "--text-col")
     label_col = columns.label or next((k for k in LABEL_COLUMNS if k in keys), None)
-    for col in (text_col, label_col, columns.id):
+    extra = tuple(dict.fromkeys((*((label_col,) if columns.labels else ()), *columns.labels)))
+    for col in (text_col, label_col, columns.id, *extra):
         if col is not None and col not in keys:
             raise ConfigError(f"{path} has no column {col!r}; it has {', '.join(keys)}.")
     positive = {v.lower() for v in columns.positive}
     examples = []
     for n, row in enumerate(rows):
         gold = None if label_col is None else _gold(row.get(label_col), positive, path, n)
+        labels = {col: _gold(row.get(col), positive, path, n) for col in extra if col}
         rid = str(row.get(columns.id or "id") or f"row-{n:05d}")
-        examples.append(Example(rid, _text(row.get(text_col), path, n), gold))
+        examples.append(Example(rid, _text(row.get(text_col), path, n), gold, labels))
     described = f"{label_col} in {sorted(positive)}" if positive else f"{label_col} is true"
     return Dataset(path.name, str(path), tuple(examples), described)
 

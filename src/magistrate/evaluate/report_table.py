@@ -26,15 +26,27 @@ def table_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """
     rows: dict[tuple[str, str, str], dict[str, Any]] = {}
     for run in runs:
+        key = (run["backend"], run["mode"], run["effort"])
+        multi = run["spec"].get("kind") == "multi"
         base = run["dataset"].split("~")[0].split("[")[0].split(":")[0]
-        column = COLUMNS.get(base)
+        column = "multi_policy_accuracy" if multi else COLUMNS.get(base)
         if column is None:
             continue
-        key = (run["backend"], run["mode"], run["effort"])
         row = rows.setdefault(
             key,
             {"backend": key[0], "mode": key[1], "effort": key[2], "multi_policy_accuracy": None},
         )
+        if multi:
+            if row["multi_policy_accuracy"] is None:
+                row["multi_policy_accuracy"] = {
+                    "exact_match": run["metrics"]["exact_match"],
+                    "items": run["metrics"]["exact_match_items"],
+                    "strategy": run["spec"]["strategy"],
+                    "dataset": run["spec"]["dataset"]["name"],
+                    "policies": len(run["spec"]["policies"]),
+                    "run": run["id"],
+                }
+            continue
         if column in row:
             continue  # an older run of the same set
         metrics = run["metrics"]

@@ -14,22 +14,24 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from magistrate import __version__
 from magistrate.decision import Decision
-from magistrate.engine import Classifier
+from magistrate.engine import Classifier, CombinedClassifier
 from magistrate.errors import MagistrateError
 from magistrate.evaluate import metrics as m
 from magistrate.evaluate.datasets import Dataset, Example
 from magistrate.ids import new_ulid
 from magistrate.item import Item
+from magistrate.policy import Policy
 from magistrate.store import DecisionFilter, Recorder, Store
 
 RESULT_SCHEMA = "magistrate.eval/1"
@@ -206,18 +208,30 @@ def _over(counts: dict[str, int], limit: float) -> bool:
 
 def _cached(store: Store, classifier: Classifier) -> dict[str, Decision]:
     """Recorded verdicts for this policy text, backend, effort, mode and options, by item."""
+    wanted = {**classifier.options().to_dict(), "on_abstain": classifier.on_abstain.value}
+    return _recorded(store, classifier.policy.hash, classifier, wanted)
+
+
+def _recorded(
+    store: Store, policy_hash: str, engine: Classifier | CombinedClassifier, wanted: dict[str, Any]
+) -> dict[str, Decision]:
+    """Recorded verdicts under one policy text whose options match `wanted`, by item hash.
+
+    Whether the answer needed the constrained-decoding fallback does not matter: that is
+    part of how the verdict was reached, not of what was asked.
+    """
     where = DecisionFilter(
-        policy_hash=classifier.policy.hash,
-        backend=classifier.backend.name,
-        effort=classifier.effort.value,
-        mode=classifier.mode.value,
+        policy_hash=policy_hash,
+        backend=engine.backend.name,
+        effort=engine.effort.value,
+        mode=engine.mode.value,
         ok=True,
     )
-    wanted = {**classifier.options().to_dict(), "on_abstain": classifier.on_abstain.value}
+    want = {k: v for k, v in wanted.items() if k != "constrained"}
     found: dict[str, Decision] = {}
     for stored in store.iter_decisions(where):
         d = stored.decision
-        if dict(d.options) == wanted:  # same sampling, threshold and budget
+        if {k: v for k, v in d.options.items() if k != "constrained"} == want:
             found[d.item_hash] = d  # oldest first, so the newest wins
     return found
 
@@ -295,7 +309,20 @@ def threshold_transfer(
     }
 
 
-def _spec(dataset: Dataset, clf: Classifier, n: int, elapsed: float) -> dict[str, Any]:
+def _spec(
+    dataset: Dataset,
+    clf: Classifier | CombinedClassifier,
+    n: int,
+    elapsed: float,
+    *,
+    policy: Policy | None = None,
+) -> dict[str, Any]:
+    if policy is None:
+        assert isinstance(clf, Classifier)
+        policy = clf.policy
+    options = (
+        clf.decision_options() if isinstance(clf, CombinedClassifier) else clf.options().to_dict()
+    )
     return {
         "dataset": {
             "name": dataset.name,
@@ -304,12 +331,12 @@ def _spec(dataset: Dataset, clf: Classifier, n: int, elapsed: float) -> dict[str
             "items": n,
             "positive": dataset.positive,
         },
-        "policy": {"id": clf.policy.id, "version": clf.policy.version, "hash": clf.policy.hash},
+        "policy": {"id": policy.id, "version": policy.version, "hash": policy.hash},
         "backend": clf.backend.name,
         "model": clf.backend.model,
         "effort": clf.effort.value,
         "mode": clf.mode.value,
-        "options": {**clf.options().to_dict(), "on_abstain": clf.on_abstain.value},
+        "options": {**options, "on_abstain": clf.on_abstain.value},
         "package_version": __version__,
         "git_revision": _git_revision(),
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -333,18 +360,22 @@ def _git_revision() -> str | None:
 
 @dataclass
 class MultiEvalResult:
-    """Several policies judged separately (one call per policy per item) on one dataset."""
+    """Several policies judged on one dataset, separately (N calls) or combined (one call).
+
+    `runs` holds one `EvalResult` per policy, scored on that policy's own label.
+    """
 
     id: str
     runs: list[EvalResult]
     label_names: list[str]
     metrics: dict[str, Any]
+    strategy: str = "separate"
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "schema": "magistrate.eval-multi/1",
             "id": self.id,
-            "strategy": "separate",
+            "strategy": self.strategy,
             "policies": [r.spec["policy"] for r in self.runs],
             "labels": self.label_names,
             "runs": [r.id for r in self.runs],
@@ -387,35 +418,30 @@ async def run_multi_eval(
     An item counts towards exact-match accuracy only when every policy's gold label is known
     for it, and it is right only when every policy's verdict matches (an abstention is wrong).
     """
-    from dataclasses import replace as dc_replace
-
     names = sorted({k for e in dataset.examples for k in e.labels})
     label_names = [label_for(c.policy.id, names) for c in classifiers]
     runs = []
     for clf, label in zip(classifiers, label_names, strict=True):
-        part = dc_replace(
+        part = replace(
             dataset,
             name=f"{dataset.name}#{label}",
-            examples=tuple(dc_replace(e, gold=e.labels.get(label)) for e in dataset.examples),
+            examples=tuple(replace(e, gold=e.labels.get(label)) for e in dataset.examples),
         )
         runs.append(
             await run_eval(
-                part, clf, store=store, use_cache=use_cache, seed=seed, on_result=on_result
+                part,
+                clf,
+                store=store,
+                use_cache=use_cache,
+                max_errors=max_errors,
+                threshold_split=threshold_split,
+                seed=seed,
+                on_result=on_result,
             )
         )
-    by_item = [{r.example.id: r for r in run.items} for run in runs]
-    complete = [i for i in by_item[0] if all(i in b for b in by_item)]
-    gold = [[bool(b[i].example.gold) for b in by_item] for i in complete]
-    pred = [[b[i].pred for b in by_item] for i in complete]
     fresh = [r for run in runs for r in run.items if not r.cached]
     n_items = max(1, len({r.example.id for run in runs for r in run.items}))
-    metrics = {
-        "exact_match": m.exact_match(gold, pred),
-        "exact_match_items": len(complete),
-        "per_policy": {
-            run.spec["policy"]["id"]: {k: run.metrics[k] for k in ("f1", "precision", "recall")}
-            for run in runs
-        },
+    cost = {
         "calls_per_item": len(runs),
         "seconds_per_item": sum(r.decision.latency_s for r in fresh)
         / max(1, len(fresh))
@@ -427,7 +453,168 @@ async def run_multi_eval(
         )
         / n_items,
     }
-    return MultiEvalResult(new_ulid(), runs, label_names, metrics)
+    result = MultiEvalResult(new_ulid(), runs, label_names, _multi_metrics(runs, cost))
+    _record_multi(store, dataset, result)
+    return result
+
+
+async def run_combined_eval(
+    dataset: Dataset,
+    combined: CombinedClassifier,
+    *,
+    store: Store | None = None,
+    use_cache: bool = True,
+    max_errors: float | None = None,
+    seed: int = 0,
+    on_result: ProgressFn | None = None,
+) -> MultiEvalResult:
+    """Judge every policy at once, one prompt per item; per-policy metrics, exact match, cost.
+
+    The same metrics as `run_multi_eval`, so the two strategies compare side by side. The
+    cache holds an item only when every policy's combined verdict for it is recorded.
+
+    Raises:
+        EvalAborted: More items than `max_errors` got no verdict under some policy.
+    """
+    names = sorted({k for e in dataset.examples for k in e.labels})
+    label_names = [label_for(p.id, names) for p in combined.policies]
+    run_id = new_ulid()
+    examples = [
+        e for e in dataset.examples if any(e.labels.get(n) is not None for n in label_names)
+    ]
+    cache: dict[str, tuple[Decision, ...]] = {}
+    if store is not None and use_cache:
+        wanted = {**combined.decision_options(), "on_abstain": combined.on_abstain.value}
+        per_policy = [_recorded(store, p.hash, combined, wanted) for p in combined.policies]
+        for item_hash in set.intersection(*(set(d) for d in per_policy)):
+            cache[item_hash] = tuple(d[item_hash] for d in per_policy)
+    if store is not None:
+        combined.recorder = Recorder(store, run_id=run_id)
+    gate = asyncio.Semaphore(combined.concurrency)
+    rows: list[tuple[Example, tuple[Decision, ...], bool] | None] = [None] * len(examples)
+    abstained = done = 0
+    started = time.perf_counter()
+
+    async def one(index: int, example: Example) -> None:
+        nonlocal abstained, done
+        item = Item.of(example.text, id=example.id, max_chars=max(combined.max_chars, 1))
+        hit = cache.get(item.hash)
+        if hit is None:
+            async with gate:
+                decisions = await combined.classify(item)
+        else:
+            decisions = hit
+        rows[index] = (example, decisions, hit is not None)
+        done += 1
+        abstained += 0 if all(d.ok for d in decisions) else 1
+        if on_result is not None:
+            for d, label in zip(decisions, label_names, strict=True):
+                part = replace(example, gold=example.labels.get(label))
+                on_result(ItemResult(part, d, hit is not None), {"done": done})
+        if max_errors is not None and _over({"abstained": abstained, "done": done}, max_errors):
+            raise EvalAborted(
+                f"{abstained} of {done} items got no verdict under some policy, past "
+                f"--max-errors {max_errors:g}. Decisions so far are recorded; fix the cause "
+                "and re-run (finished items come from the cache)."
+            )
+
+    tasks = [asyncio.create_task(one(i, e)) for i, e in enumerate(examples)]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+    finished = [r for r in rows if r is not None]
+    elapsed = time.perf_counter() - started
+    runs = []
+    for i, (policy, label) in enumerate(zip(combined.policies, label_names, strict=True)):
+        items = [
+            ItemResult(replace(e, gold=e.labels.get(label)), ds[i], cached)
+            for e, ds, cached in finished
+            if e.labels.get(label) is not None
+        ]
+        part = replace(
+            dataset, name=f"{dataset.name}#{label}", examples=tuple(i.example for i in items)
+        )
+        spec = _spec(part, combined, len(items), elapsed, policy=policy)
+        spec["strategy"] = "combined"
+        spec["bundle"] = {"id": combined.bundle.id, "hash": combined.bundle.hash}
+        run = EvalResult(new_ulid(), spec, items)
+        run.metrics = compute_metrics(items, seed=seed)
+        run.metrics["cached_items"] = run.cached
+        runs.append(run)
+    fresh = [ds[0] for _, ds, cached in finished if not cached]
+    n_items = max(1, len(finished))
+    cost = {
+        "calls_per_item": 1,
+        "seconds_per_item": sum(d.latency_s for d in fresh) / max(1, len(fresh)),
+        "tokens_per_item": sum(
+            ds[0].usage.prompt_tokens + ds[0].usage.completion_tokens for _, ds, _c in finished
+        )
+        / n_items,
+    }
+    result = MultiEvalResult(
+        run_id, runs, label_names, _multi_metrics(runs, cost), strategy="combined"
+    )
+    _record_multi(store, dataset, result)
+    return result
+
+
+def _multi_metrics(runs: list[EvalResult], cost: dict[str, Any]) -> dict[str, Any]:
+    """Exact match over items whose every label is known, per-policy metrics, and cost."""
+    by_item = [{r.example.id: r for r in run.items} for run in runs]
+    complete = [i for i in by_item[0] if all(i in b for b in by_item)]
+    gold = [[bool(b[i].example.gold) for b in by_item] for i in complete]
+    pred = [[b[i].pred for b in by_item] for i in complete]
+    return {
+        "exact_match": m.exact_match(gold, pred),
+        "exact_match_items": len(complete),
+        "per_policy": {
+            run.spec["policy"]["id"]: {
+                k: run.metrics[k] for k in ("f1", "precision", "recall", "parse_rate")
+            }
+            for run in runs
+        },
+        **cost,
+    }
+
+
+def _record_multi(store: Store | None, dataset: Dataset, result: MultiEvalResult) -> None:
+    """One `eval_runs` row for the multi-policy run (the exact-match column of the table)."""
+    if store is None or not result.runs:
+        return
+    first = result.runs[0].spec
+    policies = [r.spec["policy"] for r in result.runs]
+    bundle_hash = hashlib.sha256("\n".join(p["hash"] for p in policies).encode()).hexdigest()
+    spec = {
+        "kind": "multi",
+        "strategy": result.strategy,
+        "dataset": {"name": dataset.name, "hash": dataset.hash, "items": len(dataset)},
+        "policies": policies,
+        "labels": result.label_names,
+        "runs": [r.id for r in result.runs],
+        "backend": first["backend"],
+        "model": first["model"],
+        "package_version": __version__,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    store.add_run(
+        {
+            "id": result.id,
+            "created_at": spec["created_at"],
+            "dataset": f"{dataset.name}#multi",
+            "dataset_hash": dataset.hash,
+            "policy_id": "+".join(p["id"] for p in policies),
+            "policy_hash": bundle_hash,
+            "backend": first["backend"],
+            "effort": first["effort"],
+            "mode": first["mode"],
+            "spec": spec,
+            "metrics": result.metrics,
+        }
+    )
 
 
 __all__ = [
@@ -438,6 +625,7 @@ __all__ = [
     "MultiEvalResult",
     "compute_metrics",
     "label_for",
+    "run_combined_eval",
     "run_eval",
     "run_multi_eval",
     "threshold_transfer",
