@@ -20,6 +20,7 @@ def test_public_api_is_exactly_all():
         "lint",
         "policy",
         "prompt",
+        "server",
         "store",
         "verdict",
     }

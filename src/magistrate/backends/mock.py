@@ -28,6 +28,8 @@ class Scripted:
 class MockBackend(Backend):
     """Replies from a script, in order; an exception in the script is raised instead.
 
+    With `cycle=True` the script starts again when it runs out (for load and fuzz tests).
+
     Every prompt it was given is kept in `prompts`, with its options in `options`.
     """
 
@@ -41,8 +43,10 @@ class MockBackend(Backend):
         script: Iterable[str | Scripted | BackendError] = (),
         max_concurrency: int = 4,
         delay_s: float = 0.0,
+        cycle: bool = False,
     ) -> None:
         self._script = list(script)
+        self._original = list(self._script) if cycle else []
         self.model = model
         self.max_concurrency = max_concurrency
         self.delay_s = delay_s
@@ -58,6 +62,8 @@ class MockBackend(Backend):
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         try:
             await asyncio.sleep(self.delay_s)
+            if not self._script and self._original:
+                self._script = list(self._original)
             if not self._script:
                 raise BackendError("The mock backend's script is exhausted.")
             step = self._script.pop(0)

@@ -27,3 +27,4 @@ from magistrate.cli import logs as _logs  # noqa: E402,F401
 from magistrate.cli import model as _model  # noqa: E402,F401
 from magistrate.cli import models as _models  # noqa: E402,F401
 from magistrate.cli import policy as _policy  # noqa: E402,F401
+from magistrate.cli import serve as _serve  # noqa: E402,F401

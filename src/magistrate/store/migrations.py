@@ -109,9 +109,37 @@ def _m002_eval_runs(conn: Connection) -> None:
     ).create(conn)
 
 
+def _m003_service(conn: Connection) -> None:
+    meta = sa.MetaData()
+    sa.Table("policies", meta, autoload_with=conn)  # the foreign key's target
+    sa.Table(
+        "api_keys",
+        meta,
+        sa.Column("id", sa.String(26), primary_key=True),
+        sa.Column("name", sa.String(200), nullable=False, unique=True),
+        # SHA-256 of the secret; the secret itself is shown once and never stored.
+        sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
+        sa.Column("prefix", sa.String(16), nullable=False),  # for display: `mg_AbC1...`
+        sa.Column("scopes", sa.Text, nullable=False),  # canonical JSON list
+        sa.Column("rate_per_minute", sa.Integer),  # NULL: the server's default
+        sa.Column("created_at", sa.String(32), nullable=False),
+        sa.Column("revoked_at", sa.String(32)),
+    )
+    sa.Table(
+        "active_policies",
+        meta,
+        # Which stored text of a policy the server applies under its id.
+        sa.Column("policy_id", sa.String(200), primary_key=True),
+        sa.Column("policy_hash", sa.String(64), sa.ForeignKey("policies.hash"), nullable=False),
+        sa.Column("activated_at", sa.String(32), nullable=False),
+    )
+    meta.create_all(conn, tables=[meta.tables["api_keys"], meta.tables["active_policies"]])
+
+
 MIGRATIONS: list[tuple[str, Migration]] = [
     ("m001_policies_and_decisions", _m001_policies_and_decisions),
     ("m002_eval_runs", _m002_eval_runs),
+    ("m003_service", _m003_service),
 ]
 """Every migration, oldest first. Append only."""
 

@@ -19,9 +19,10 @@ import hashlib
 import json
 import os
 import re
+import secrets
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from magistrate.decision import Decision
 from magistrate.errors import ConfigError, MissingDependency, StoreError
+from magistrate.ids import new_ulid
 from magistrate.policy import Policy
 from magistrate.store import migrations
 from magistrate.store.records import (
@@ -101,6 +103,8 @@ class DecisionFilter:
     mode: str | None = None
     ok: bool = False
     """Only decisions that reached a verdict."""
+    before_seq: int | None = None
+    """Only decisions older than this chain position (paging through newest-first lists)."""
 
 
 class Store:
@@ -177,7 +181,9 @@ class Store:
     def _reflect(self) -> dict[str, sa.Table]:
         meta = sa.MetaData()
         with self._errors("read"), self.engine.connect() as conn:
-            meta.reflect(conn, only=["policies", "decisions", "eval_runs"])
+            meta.reflect(
+                conn, only=["policies", "decisions", "eval_runs", "api_keys", "active_policies"]
+            )
         return dict(meta.tables)
 
     def close(self) -> None:
@@ -441,6 +447,8 @@ class Store:
                 query = query.where(d.c[name] == value)
         if where.ok:
             query = query.where(d.c.status == "ok")
+        if where.before_seq is not None:
+            query = query.where(d.c.seq < where.before_seq)
         return query
 
     # -- eval runs ------------------------------------------------------------------------
@@ -551,6 +559,99 @@ class Store:
             raise StoreError(f"The log has no policy text with hash {policy_hash[:12]}.")
         return str(text)
 
+    # -- the service: active policies and API keys ----------------------------------------
+
+    def activate_policy(self, policy: Policy, *, at: datetime | None = None) -> None:
+        """Store a policy text (if new) and make it the active version of its id."""
+        active = self.tables["active_policies"]
+        now = timestamp(at or datetime.now(UTC))
+        with self._write() as conn:
+            self._insert_policy(conn, policy, now)
+            conn.execute(sa.delete(active).where(active.c.policy_id == policy.id))
+            conn.execute(
+                sa.insert(active).values(
+                    policy_id=policy.id, policy_hash=policy.hash, activated_at=now
+                )
+            )
+        self._known_policies.add(policy.hash)
+
+    def active_policies(self) -> dict[str, str]:
+        """Policy id -> hash of its active text."""
+        active = self.tables["active_policies"]
+        with self._read() as conn:
+            rows = conn.execute(sa.select(active.c.policy_id, active.c.policy_hash)).all()
+        return {row.policy_id: row.policy_hash for row in rows}
+
+    def create_api_key(
+        self, name: str, scopes: Sequence[str], *, rate_per_minute: int | None = None
+    ) -> tuple[ApiKey, str]:
+        """A new API key: its record and the secret, which is shown once and never stored.
+
+        Raises:
+            StoreError: A key with this name exists.
+        """
+        secret = API_KEY_PREFIX + secrets.token_urlsafe(32)
+        key = ApiKey(
+            id=new_ulid(),
+            name=name,
+            prefix=secret[:10],
+            scopes=tuple(sorted(set(scopes))),
+            rate_per_minute=rate_per_minute,
+            created_at=timestamp(datetime.now(UTC)),
+        )
+        keys = self.tables["api_keys"]
+        with self._write("add a key to") as conn:
+            taken = conn.execute(sa.select(keys.c.id).where(keys.c.name == name)).first()
+            if taken is not None:
+                raise StoreError(f"An API key named {name!r} exists; choose another name.")
+            conn.execute(
+                sa.insert(keys).values(
+                    id=key.id,
+                    name=name,
+                    key_hash=key_hash(secret),
+                    prefix=key.prefix,
+                    scopes=canonical_json(list(key.scopes)),
+                    rate_per_minute=rate_per_minute,
+                    created_at=key.created_at,
+                )
+            )
+        return key, secret
+
+    def api_keys(self, *, include_revoked: bool = False) -> list[ApiKey]:
+        """Every API key (never the secrets), oldest first."""
+        keys = self.tables["api_keys"]
+        query = sa.select(keys).order_by(keys.c.created_at)
+        if not include_revoked:
+            query = query.where(keys.c.revoked_at.is_(None))
+        with self._read() as conn:
+            return [_api_key(dict(row._mapping)) for row in conn.execute(query)]
+
+    def api_key_for(self, secret: str) -> ApiKey | None:
+        """The live key whose secret this is, or None (unknown or revoked)."""
+        keys = self.tables["api_keys"]
+        query = sa.select(keys).where(
+            keys.c.key_hash == key_hash(secret), keys.c.revoked_at.is_(None)
+        )
+        with self._read() as conn:
+            row = conn.execute(query).first()
+        return None if row is None else _api_key(dict(row._mapping))
+
+    def revoke_api_key(self, name_or_id: str) -> ApiKey:
+        """Revoke a key by name or id; requests with it are refused from then on.
+
+        Raises:
+            StoreError: No live key has that name or id.
+        """
+        keys = self.tables["api_keys"]
+        match = sa.or_(keys.c.name == name_or_id, keys.c.id == name_or_id)
+        with self._write("revoke a key in") as conn:
+            row = conn.execute(sa.select(keys).where(match, keys.c.revoked_at.is_(None))).first()
+            if row is None:
+                raise StoreError(f"No live API key is named {name_or_id!r}.")
+            now = timestamp(datetime.now(UTC))
+            conn.execute(sa.update(keys).where(keys.c.id == row.id).values(revoked_at=now))
+        return replace(_api_key(dict(row._mapping)), revoked_at=now)
+
     # -- verification ---------------------------------------------------------------------
 
     def verify(self) -> VerifyReport:
@@ -577,6 +678,50 @@ class Store:
                 return VerifyReport(False, checked, len(hashes), problem, row["seq"], row["id"])
             prev, checked = row["row_hash"], checked + 1
         return VerifyReport(True, checked, len(hashes))
+
+
+API_KEY_PREFIX = "mg_"
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """An API key's record (the secret is never stored, only its SHA-256)."""
+
+    id: str
+    name: str
+    prefix: str
+    scopes: tuple[str, ...]
+    created_at: str
+    rate_per_minute: int | None = None
+    revoked_at: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "prefix": self.prefix,
+            "scopes": list(self.scopes),
+            "rate_per_minute": self.rate_per_minute,
+            "created_at": self.created_at,
+            "revoked_at": self.revoked_at,
+        }
+
+
+def key_hash(secret: str) -> str:
+    """SHA-256 of a key's secret: enough for 256-bit random secrets (no password stretching)."""
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def _api_key(row: Mapping[str, Any]) -> ApiKey:
+    return ApiKey(
+        id=row["id"],
+        name=row["name"],
+        prefix=row["prefix"],
+        scopes=tuple(json.loads(row["scopes"])),
+        created_at=row["created_at"],
+        rate_per_minute=row["rate_per_minute"],
+        revoked_at=row["revoked_at"],
+    )
 
 
 def _chain_problem(row: dict[str, Any], expected: int, prev: str, policies: set[str]) -> str | None:

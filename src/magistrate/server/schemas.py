@@ -1,0 +1,362 @@
+"""The service's settings and its HTTP request and response bodies (pydantic, at the edge).
+
+Limits that depend on settings (item counts, sizes) are checked at run time, not written
+into the schema, so the committed OpenAPI document is the same for every configuration.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from magistrate.backends import DEFAULT_MODEL
+from magistrate.decision import Decision, OnAbstain
+from magistrate.prompt import Effort, Mode
+
+MODERATION_CATEGORIES: dict[str, str] = {
+    "sexual": "sexual",
+    "sexual/minors": "sexual-minors",
+    "hate": "hate",
+    "hate/threatening": "hate-threatening",
+    "violence": "violence",
+    "violence/graphic": "violence-graphic",
+    "harassment": "harassment",
+    "self-harm": "self-harm",
+}
+"""OpenAI moderation category -> the starter-pack policy that judges it."""
+
+
+class ServerSettings(BaseModel):
+    """How `magistrate serve` runs. Every field has a CLI flag of the same name."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    model: str = DEFAULT_MODEL
+    base_url: str | None = None
+    endpoint: str | None = None
+    policies_dir: str | None = None
+    database: str | None = None
+    require_keys: bool | None = None
+    """None: required unless the server binds to a loopback address only."""
+    log_content: bool = True
+    """Keep the classified content in the decision log (False keeps only its hash)."""
+    mode: Mode = Mode.SCORE
+    effort: Effort = Effort.MEDIUM
+    on_abstain: OnAbstain = OnAbstain.ERROR
+    timeout_s: float | None = 120.0
+    max_body_bytes: int = 1_000_000
+    max_items: int = 64
+    max_policies: int = 8
+    max_chars: int = 32_000
+    queue: int = 64
+    """Judgements allowed to wait in front of the backend before requests get 429."""
+    rate_per_minute: int = 600
+    """Per API key (a key's own rate overrides it); 0 turns rate limiting off."""
+    cache_ttl_s: float = 300.0
+    """Identical judgements within this window are answered from memory."""
+    cache_entries: int = 10_000
+    allow_inline_policies: bool = False
+    moderation_categories: dict[str, str] = Field(
+        default_factory=lambda: dict(MODERATION_CATEGORIES)
+    )
+    cors_origins: list[str] = Field(default_factory=list)
+    graceful_timeout_s: float = 30.0
+
+    @property
+    def keys_required(self) -> bool:
+        """Whether requests need an API key (by default: whenever not on loopback)."""
+        if self.require_keys is not None:
+            return self.require_keys
+        return not is_loopback(self.host)
+
+
+def is_loopback(host: str) -> bool:
+    """True for `localhost` and loopback addresses (127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# -- errors ----------------------------------------------------------------------------------
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Every error, in the OpenAI API's shape."""
+
+    error: ErrorBody
+
+
+# -- classify --------------------------------------------------------------------------------
+
+
+class TurnIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["user", "assistant", "system", "tool"]
+    content: str
+
+
+class ItemIn(BaseModel):
+    """One thing to judge: `text`, or a conversation as `turns` (exactly one of them)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None = Field(default=None, max_length=200)
+    text: str | None = None
+    turns: list[TurnIn] | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class ClassifyRequest(BaseModel):
+    """Items to judge under one or several policies."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[ItemIn] = Field(min_length=1)
+    policies: list[str] = Field(default_factory=list, description="Policy ids known to the server.")
+    policy_text: str | None = Field(
+        default=None,
+        description="An inline Markdown policy (only if the server allows inline policies).",
+    )
+    mode: Mode | None = Field(default=None, description="Default: the server's mode.")
+    effort: Effort | None = Field(default=None, description="Default: the server's effort.")
+    include_reasoning: bool = False
+    idempotency_key: str | None = Field(
+        default=None,
+        max_length=200,
+        description="Repeat a request with the same key to get the first answer back "
+        "(also the Idempotency-Key header).",
+    )
+
+
+class PolicyRef(BaseModel):
+    id: str
+    version: str
+    hash: str
+
+
+class UsageOut(BaseModel):
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+    reasoning_tokens: int
+
+
+class DecisionOut(BaseModel):
+    """One ruling on one item under one policy."""
+
+    id: str
+    created_at: str
+    item_index: int
+    item_id: str | None
+    item_hash: str
+    policy: PolicyRef
+    status: str = Field(description="`ok`, or why no verdict was reached (an abstention).")
+    label: str | None
+    violation: bool | None
+    flagged: bool | None = Field(
+        description="What to route by: the violation, or for an abstention what the "
+        "server's on-abstain setting says (None: the caller must decide)."
+    )
+    rule_ids: list[str]
+    unknown_rule_ids: list[str]
+    category: str | None
+    score: float | None
+    confidence: str | None
+    rationale: str | None
+    reasoning: str | None = None
+    error: str | None
+    model: str
+    mode: str
+    effort: str
+    latency_ms: float
+    cached: bool
+    usage: UsageOut
+
+    @classmethod
+    def of(cls, decision: Decision, index: int, *, cached: bool, reasoning: bool) -> DecisionOut:
+        v = decision.verdict
+        return cls(
+            id=decision.id,
+            created_at=decision.created_at.isoformat(),
+            item_index=index,
+            item_id=decision.item_id,
+            item_hash=decision.item_hash,
+            policy=PolicyRef(
+                id=decision.policy_id, version=decision.policy_version, hash=decision.policy_hash
+            ),
+            status=v.status.value,
+            label=v.label,
+            violation=v.violation,
+            flagged=decision.flagged,
+            rule_ids=list(v.rule_ids),
+            unknown_rule_ids=list(v.unknown_rule_ids),
+            category=v.category,
+            score=v.score,
+            confidence=v.confidence,
+            rationale=v.rationale,
+            reasoning=decision.reasoning if reasoning else None,
+            error=decision.error,
+            model=decision.model,
+            mode=decision.mode,
+            effort=decision.effort,
+            latency_ms=round(decision.latency_s * 1000, 3),
+            cached=cached,
+            usage=UsageOut(
+                prompt_tokens=decision.usage.prompt_tokens,
+                cached_tokens=decision.usage.cached_tokens,
+                completion_tokens=decision.usage.completion_tokens,
+                reasoning_tokens=decision.usage.reasoning_tokens,
+            ),
+        )
+
+
+class ClassifyResponse(BaseModel):
+    """Decisions in item order, then policy order within an item."""
+
+    request_id: str
+    backend: str
+    decisions: list[DecisionOut]
+
+
+# -- moderations (OpenAI's shape) --------------------------------------------------------------
+
+
+class ModerationTextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class ModerationRequest(BaseModel):
+    """The OpenAI Moderation API request: `input` is a string or an array."""
+
+    input: str | list[str] | list[ModerationTextPart]
+    model: str | None = None
+
+
+class ModerationResult(BaseModel):
+    flagged: bool
+    categories: dict[str, bool]
+    category_scores: dict[str, float]
+    category_applied_input_types: dict[str, list[str]]
+    decision_ids: dict[str, str] = Field(
+        description="Magistrate's decision id for each category (for audit and appeal)."
+    )
+
+
+class ModerationResponse(BaseModel):
+    id: str
+    model: str
+    results: list[ModerationResult]
+
+
+# -- policies --------------------------------------------------------------------------------
+
+
+class PolicyPut(BaseModel):
+    """A new text for a policy id (stored as a new immutable version)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(min_length=1)
+    activate: bool = True
+    allow_lint_errors: bool = False
+
+
+class FindingOut(BaseModel):
+    code: str
+    severity: str
+    line: int
+    message: str
+
+
+class PolicySummary(BaseModel):
+    id: str
+    version: str
+    hash: str
+    title: str
+    source: Literal["store", "builtin"]
+    labels: list[str]
+    violating_labels: list[str]
+
+
+class PolicyDetail(PolicySummary):
+    text: str
+    rule_ids: list[str]
+    output: str
+    threshold: float
+    findings: list[FindingOut]
+
+
+class PolicyList(BaseModel):
+    policies: list[PolicySummary]
+
+
+class PolicyVersionOut(BaseModel):
+    number: int
+    hash: str
+    version: str
+    title: str
+    first_seen: str
+    decisions: int
+    active: bool
+
+
+class PolicyVersions(BaseModel):
+    id: str
+    versions: list[PolicyVersionOut]
+
+
+class PolicyPutResponse(BaseModel):
+    policy: PolicyDetail
+    created: bool
+    active: bool
+
+
+class ActivateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: str = Field(
+        min_length=1, description="`@N`, a hash prefix or a version label of a stored text."
+    )
+
+
+# -- decisions -------------------------------------------------------------------------------
+
+
+class StoredDecisionOut(BaseModel):
+    seq: int
+    decision: dict[str, Any]
+    content: str | None
+
+
+class DecisionList(BaseModel):
+    decisions: list[StoredDecisionOut]
+
+
+# -- health ----------------------------------------------------------------------------------
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    status: str
+    model: str
+    store: str
+    draining: bool
+    detail: str | None = None
