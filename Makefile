@@ -38,6 +38,7 @@ bench: $(STAMP_BASE)
 	$(BIN)/python bench/modes.py
 	scripts/with-postgres $(BIN)/python bench/store.py
 	$(BIN)/python bench/concurrency.py
+	$(BIN)/python bench/service.py
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -390,3 +393,71 @@ def test_embedded_model_over_http_with_the_openai_client(tmp_path, embedded_back
         assert 'magistrate_decisions_total{label="1",policy="violence",status="ok"}' in metrics
     with Store(tmp_path / "log.db") as store:
         assert store.count() == 6  # 2 classify + 2 items x 2 categories
+
+
+# -- the command line --------------------------------------------------------------------------
+
+
+def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "magistrate", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=120,
+    )
+
+
+def test_keys_commands_and_serve_refuses_open_binding_without_keys(tmp_path):
+    env = {**os.environ, "MAGISTRATE_DATABASE_URL": str(tmp_path / "log.db"), "NO_COLOR": "1"}
+    refused = run_cli("serve", "--host", "0.0.0.0", env=env)
+    assert refused.returncode == 1 and "needs API keys" in refused.stderr
+    made = run_cli("keys", "create", "ops", "--scope", "admin", "--json", env=env)
+    assert made.returncode == 0, made.stderr
+    key = json.loads(made.stdout)
+    assert key["secret"].startswith("mg_") and key["scopes"] == ["admin"]
+    listed = run_cli("keys", "list", "--json", env=env)
+    assert json.loads(listed.stdout)["name"] == "ops" and "secret" not in listed.stdout
+    assert key["secret"] not in Path(tmp_path / "log.db").read_bytes().decode("latin-1")
+    assert run_cli("keys", "create", "x", "--scope", "root", env=env).returncode == 1
+    assert run_cli("keys", "revoke", "ops", env=env).returncode == 0
+    assert run_cli("keys", "list", "--json", env=env).stdout.strip() == ""
+    doc = run_cli("openapi", env=env)
+    assert json.loads(doc.stdout)["paths"].keys() >= {"/v1/classify", "/v1/moderations"}
+
+
+@pytest.mark.model
+def test_magistrate_serve_runs_and_stops_on_sigterm(tmp_path):
+    import signal
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "MAGISTRATE_DATABASE_URL": str(tmp_path / "log.db"), "NO_COLOR": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "magistrate", "serve", "--port", str(port),
+         "--moderation-categories", "violence"],
+        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz").status_code == 200:
+                    break
+            except httpx.ConnectError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.5)
+        got = httpx.post(f"{url}/v1/classify", json=classify_body("WIN a FREE iPhone!!!"),
+                         timeout=300)  # fmt: skip
+        assert got.status_code == 200 and got.json()["decisions"][0]["status"] == "ok"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "WIN a FREE" not in out + err  # content stays out of the server's output
+    assert "POST /v1/classify" in err  # the access line: method, path, status only

@@ -88,6 +88,8 @@ class Service:
         self._gate = asyncio.Semaphore(max(1, self.backend.max_concurrency))
         self._classifiers: dict[tuple[str, str, str], Classifier] = {}
         self._parsed: dict[str, Policy] = {}
+        self._builtin_names = frozenset(builtin_policy_names())
+        self._builtins: dict[str, Policy] = {}
         self._active: tuple[float, dict[str, str]] = (0.0, {})
         if settings.policies_dir:
             self.load_directory(Path(settings.policies_dir))
@@ -131,8 +133,11 @@ class Service:
         digest = self.active_hashes().get(policy_id)
         if digest is not None:
             return self.policy_by_hash(digest)
-        if policy_id in builtin_policy_names():
-            return load_policy(policy_id)
+        if policy_id in self._builtin_names:
+            policy = self._builtins.get(policy_id)
+            if policy is None:  # package data: parsed once per process
+                policy = self._builtins[policy_id] = load_policy(policy_id)
+            return policy
         raise NotFound(
             f"No policy {policy_id!r}. GET /v1/policies lists the ids this server knows; "
             "PUT /v1/policies/{id} adds one."
@@ -147,7 +152,7 @@ class Service:
 
     def policy_ids(self) -> list[str]:
         """Every id the server can judge under, sorted."""
-        return sorted(set(self.active_hashes()) | set(builtin_policy_names()))
+        return sorted(set(self.active_hashes()) | self._builtin_names)
 
     def put_policy(self, policy: Policy, *, activate: bool) -> bool:
         """Store a policy text (a new version unless the same text exists); True if new."""
