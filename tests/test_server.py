@@ -458,6 +458,8 @@ def test_magistrate_serve_runs_and_stops_on_sigterm(tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err
+    # uvicorn finishes its graceful shutdown, then re-raises the signal it caught.
+    assert proc.returncode in (0, -signal.SIGTERM), err
+    assert "Application shutdown complete" in err
     assert "WIN a FREE" not in out + err  # content stays out of the server's output
-    assert "POST /v1/classify" in err  # the access line: method, path, status only
+    assert "POST /v1/classify" in out + err  # the access line: method, path, status only
