@@ -125,7 +125,7 @@ def test_combined_needs_reason_mode(bundle):
 
 def test_combined_eval_exact_match_cost_and_cache(bundle, tmp_path):
     examples = tuple(
-        Example(f"e{k}", f"text {k}", None, {"hate": k % 2 == 0, "violence": k < 2})
+        Example(f"e{k}", f"text {k}", k < 3, {"hate": k % 2 == 0, "violence": k < 2})
         for k in range(4)
     )
     ds = Dataset("cats", "mem", examples)
@@ -138,6 +138,10 @@ def test_combined_eval_exact_match_cost_and_cache(bundle, tmp_path):
     assert multi.strategy == "combined" and multi.metrics["exact_match"] == pytest.approx(0.5)
     assert multi.metrics["calls_per_item"] == 1 and multi.metrics["exact_match_items"] == 4
     assert multi.metrics["per_policy"]["hate"]["f1"] == 1.0
+    # any policy flagging vs the binary gold [T, T, T, F]: predicted [T, F, T, T]
+    anyone = multi.metrics["any"]
+    assert (anyone["precision"], anyone["recall"]) == (pytest.approx(2 / 3), pytest.approx(2 / 3))
+    assert anyone["items"] == 4 and "scores" not in anyone  # reason mode: no scores
     assert json.loads(json.dumps(multi.to_dict()))["strategy"] == "combined"
     again = asyncio.run(
         run_combined_eval(ds, CombinedClassifier(bundle, MockBackend(script=[])), store=store)

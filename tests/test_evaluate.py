@@ -491,7 +491,7 @@ def test_several_policies_separately_with_exact_match(tmp_path, spam):
 
     examples = tuple(
         Example(
-            f"e{k}", f"text {k}", None, {"hate": k % 2 == 0, "violence": k < 2 if k != 3 else None}
+            f"e{k}", f"text {k}", k < 3, {"hate": k % 2 == 0, "violence": k < 2 if k != 3 else None}
         )
         for k in range(4)
     )
@@ -505,6 +505,10 @@ def test_several_policies_separately_with_exact_match(tmp_path, spam):
     # e0: hate 1/1, violence 1/1 right; e1: hate 0/0, violence 0 vs True wrong; e2: both right
     assert multi.metrics["exact_match"] == pytest.approx(2 / 3)
     assert multi.metrics["per_policy"]["hate"]["f1"] == 1.0 and multi.metrics["calls_per_item"] == 2
+    # any policy flags, on the 3 complete items (binary gold all True): e0 and e2 flagged
+    anyone = multi.metrics["any"]
+    assert anyone["items"] == 3 and anyone["recall"] == pytest.approx(2 / 3)
+    assert anyone["precision"] == 1.0
     assert label_for("sexual-minors", ["sexual", "sexual/minors"]) == "sexual/minors"
     with pytest.raises(Exception, match="matches none"):
         label_for("spam", ["hate"])

@@ -98,7 +98,8 @@ class LlamaCppBackend(Backend):
 
     Args:
         model: Path to a .gguf file, or None / "embedded" for the embedded default.
-        n_ctx: Context size in tokens (policy + content + answer must fit).
+        n_ctx: Context size in tokens (policy + content + answer must fit). 8,192 holds
+            the starter pack's eight category policies in one combined prompt (~4,400 tokens).
         n_threads: CPU threads; None means every core this process may use (llama-cpp-python's
             own default is half of them, which halves prompt speed on small machines).
         n_batch: Prompt tokens evaluated per batch.
@@ -113,7 +114,7 @@ class LlamaCppBackend(Backend):
         self,
         model: str | Path | None = None,
         *,
-        n_ctx: int = 4096,
+        n_ctx: int = 8192,
         n_threads: int | None = None,
         n_batch: int = 512,
         verbose: bool = False,

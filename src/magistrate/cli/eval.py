@@ -323,6 +323,21 @@ def _print_multi(multi: MultiEvalResult) -> None:
         f"label known · {mm['calls_per_item']} call(s), {mm['seconds_per_item']:.2f} s and "
         f"{mm['tokens_per_item']:.0f} tokens per item ({multi.strategy})"
     )
+    anyone = mm.get("any")
+    if anyone:
+        line = (
+            f"any policy flags vs the binary label: F1 {_ci(anyone['f1'], anyone['ci95_f1'])} "
+            f"P {anyone['precision']:.3f} R {anyone['recall']:.3f} over {anyone['items']} items"
+        )
+        if "scores" in anyone:
+            line += f" · max-score PR-AUC {anyone['scores']['pr_auc']:.3f}"
+        if "threshold_transfer" in anyone:
+            t = anyone["threshold_transfer"]
+            line += (
+                f" · threshold {t['threshold']:.3f} on max score -> F1 "
+                f"{_ci(t['test']['f1'], t['test_ci95_f1'])} on {t['test_items']}"
+            )
+        out_console.print(line)
 
 
 def _write_html(data: dict[str, Any], path: Path) -> None:

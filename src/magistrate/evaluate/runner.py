@@ -17,7 +17,7 @@ import asyncio
 import hashlib
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -168,14 +168,7 @@ async def run_eval(
             decision = await classifier.classify(item)
         tally(index, ItemResult(example, decision, cached=False))
 
-    tasks = [asyncio.create_task(one(i, e)) for i, e in enumerate(examples)]
-    try:
-        await asyncio.gather(*tasks)
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
+    await _all_or_none([one(i, e) for i, e in enumerate(examples)])
     finished = [r for r in results if r is not None]
     spec = _spec(dataset, classifier, len(examples), time.perf_counter() - started)
     result = EvalResult(run_id, spec, finished)
@@ -198,6 +191,18 @@ async def run_eval(
             }
         )
     return result
+
+
+async def _all_or_none(coros: list[Coroutine[Any, Any, None]]) -> None:
+    """Run every item's coroutine; when one fails, cancel the rest before re-raising."""
+    tasks = [asyncio.create_task(c) for c in coros]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 def _over(counts: dict[str, int], limit: float) -> bool:
@@ -453,7 +458,9 @@ async def run_multi_eval(
         )
         / n_items,
     }
-    result = MultiEvalResult(new_ulid(), runs, label_names, _multi_metrics(runs, cost))
+    result = MultiEvalResult(
+        new_ulid(), runs, label_names, _multi_metrics(runs, cost, dataset, seed, threshold_split)
+    )
     _record_multi(store, dataset, result)
     return result
 
@@ -518,14 +525,7 @@ async def run_combined_eval(
                 "and re-run (finished items come from the cache)."
             )
 
-    tasks = [asyncio.create_task(one(i, e)) for i, e in enumerate(examples)]
-    try:
-        await asyncio.gather(*tasks)
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
+    await _all_or_none([one(i, e) for i, e in enumerate(examples)])
     finished = [r for r in rows if r is not None]
     elapsed = time.perf_counter() - started
     runs = []
@@ -556,19 +556,32 @@ async def run_combined_eval(
         / n_items,
     }
     result = MultiEvalResult(
-        run_id, runs, label_names, _multi_metrics(runs, cost), strategy="combined"
+        run_id, runs, label_names, _multi_metrics(runs, cost, dataset, seed), strategy="combined"
     )
     _record_multi(store, dataset, result)
     return result
 
 
-def _multi_metrics(runs: list[EvalResult], cost: dict[str, Any]) -> dict[str, Any]:
-    """Exact match over items whose every label is known, per-policy metrics, and cost."""
+def _multi_metrics(
+    runs: list[EvalResult],
+    cost: dict[str, Any],
+    dataset: Dataset,
+    seed: int,
+    threshold_split: float | None = None,
+) -> dict[str, Any]:
+    """Exact match over items whose every label is known, per-policy metrics, and cost.
+
+    When the dataset also has a binary gold label (OpenAI Moderation's "any category"), the
+    policies are combined into one binary answer and scored on it under `any`: flagged when
+    any policy flags (an abstention with no flag is an abstention), scored by the highest
+    policy score; with `threshold_split`, one threshold on that max score is chosen on part
+    of the items and applied to the rest.
+    """
     by_item = [{r.example.id: r for r in run.items} for run in runs]
     complete = [i for i in by_item[0] if all(i in b for b in by_item)]
     gold = [[bool(b[i].example.gold) for b in by_item] for i in complete]
     pred = [[b[i].pred for b in by_item] for i in complete]
-    return {
+    out: dict[str, Any] = {
         "exact_match": m.exact_match(gold, pred),
         "exact_match_items": len(complete),
         "per_policy": {
@@ -579,6 +592,29 @@ def _multi_metrics(runs: list[EvalResult], cost: dict[str, Any]) -> dict[str, An
         },
         **cost,
     }
+    binary = {e.id: e.gold for e in dataset.examples}
+    judged = [i for i in complete if binary.get(i) is not None]
+    if judged:
+        any_gold = [bool(binary[i]) for i in judged]
+        any_pred: list[bool | None] = []
+        any_score: list[float | None] = []
+        for i in judged:
+            preds = [b[i].pred for b in by_item]
+            any_pred.append(True if any(preds) else (None if None in preds else False))
+            scores = [b[i].decision.verdict.score for b in by_item]
+            any_score.append(None if None in scores else max(s for s in scores if s is not None))
+        combined = m.binary_metrics(any_gold, any_pred)
+        combined["items"] = len(judged)
+        combined["ci95_f1"] = m.bootstrap_ci(m.f1_of, any_gold, any_pred, seed=seed)
+        scored = m.score_metrics(any_gold, any_score)
+        if scored is not None:
+            combined["scores"] = scored
+            if threshold_split:
+                combined["threshold_transfer"] = threshold_transfer(
+                    any_gold, any_score, threshold_split, seed
+                )
+        out["any"] = combined
+    return out
 
 
 def _record_multi(store: Store | None, dataset: Dataset, result: MultiEvalResult) -> None:
