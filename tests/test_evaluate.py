@@ -497,7 +497,8 @@ def test_several_policies_separately_with_exact_match(tmp_path, spam):
     )
     ds = Dataset("cats", "mem", examples)
     hate = Classifier(load_policy("hate"), scripted([1, 0, 1, 0]), mode="score")
-    violence = Classifier(load_policy("violence"), scripted([1, 0, 0]), mode="score")
+    # every item is judged under every policy, e3 too (its violence label is unknown)
+    violence = Classifier(load_policy("violence"), scripted([1, 0, 0, 0]), mode="score")
     multi = asyncio.run(run_multi_eval(ds, [hate, violence], store=Store(tmp_path / "l.db")))
     assert multi.label_names == ["hate", "violence"]
     # violence gold: e0 True, e1 True, e2 False, e3 unknown -> e3 is left out of exact match
@@ -505,10 +506,11 @@ def test_several_policies_separately_with_exact_match(tmp_path, spam):
     # e0: hate 1/1, violence 1/1 right; e1: hate 0/0, violence 0 vs True wrong; e2: both right
     assert multi.metrics["exact_match"] == pytest.approx(2 / 3)
     assert multi.metrics["per_policy"]["hate"]["f1"] == 1.0 and multi.metrics["calls_per_item"] == 2
-    # any policy flags, on the 3 complete items (binary gold all True): e0 and e2 flagged
+    # any policy flags vs the binary gold [T, T, T, F], over all 4 items: [T, F, T, F]
     anyone = multi.metrics["any"]
-    assert anyone["items"] == 3 and anyone["recall"] == pytest.approx(2 / 3)
-    assert anyone["precision"] == 1.0
+    assert anyone["items"] == 4 and anyone["recall"] == pytest.approx(2 / 3)
+    assert anyone["precision"] == 1.0 and anyone["accuracy"] == pytest.approx(3 / 4)
+    assert len(multi.runs[1].items) == 3 and len(multi.runs[1].unscored) == 1
     assert label_for("sexual-minors", ["sexual", "sexual/minors"]) == "sexual/minors"
     with pytest.raises(Exception, match="matches none"):
         label_for("spam", ["hate"])

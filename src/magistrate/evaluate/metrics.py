@@ -170,6 +170,11 @@ def recall_of(gold: list[bool], pred: list[Pred]) -> float:
     return _prf(confusion(gold, pred))[1]
 
 
+def mean(values: Sequence[float]) -> float:
+    """The mean, or 0.0 when there are no values."""
+    return float(np.mean(list(values))) if values else 0.0
+
+
 def percentile(values: Sequence[float], q: float) -> float | None:
     """The q-th percentile (0-100) of the values, or None when there are none."""
     return float(np.percentile(list(values), q)) if values else None

@@ -86,6 +86,9 @@ class EvalResult:
     spec: dict[str, Any]
     items: list[ItemResult]
     metrics: dict[str, Any] = field(default_factory=dict)
+    unscored: list[ItemResult] = field(default_factory=list)
+    """Items judged without a gold label (multi-policy runs judge every item under every
+    policy); no metric of this run counts them."""
 
     @property
     def cached(self) -> int:
@@ -114,11 +117,13 @@ async def run_eval(
     threshold_split: float | None = None,
     seed: int = 0,
     on_result: ProgressFn | None = None,
+    judge_unlabelled: bool = False,
 ) -> EvalResult:
     """Judge every example with a known gold label and compute the metrics.
 
     Args:
-        dataset: The examples (those without a gold label are skipped).
+        dataset: The examples (those without a gold label are skipped, unless
+            `judge_unlabelled`: then they are judged and kept in `EvalResult.unscored`).
         classifier: The engine, already set up with policy, backend, mode and effort.
         store: The decision log: the cache, and where new decisions are recorded.
         use_cache: Reuse recorded decisions (needs `store`).
@@ -132,7 +137,7 @@ async def run_eval(
         EvalAborted: The max-error threshold was crossed; decisions made so far are recorded.
     """
     run_id = new_ulid()
-    examples = [e for e in dataset.examples if e.gold is not None]
+    examples = [e for e in dataset.examples if e.gold is not None or judge_unlabelled]
     cache = _cached(store, classifier) if (store is not None and use_cache) else {}
     if store is not None:
         classifier.recorder = Recorder(store, run_id=run_id)
@@ -147,7 +152,8 @@ async def run_eval(
         key = (
             "abstained" if p is None else ("tp" if p and g else "fp" if p else "fn" if g else "tn")
         )
-        counts[key] += 1
+        if result.example.gold is not None or p is None:
+            counts[key] += 1
         counts["done"] += 1
         if on_result is not None:
             on_result(result, counts)
@@ -169,9 +175,10 @@ async def run_eval(
         tally(index, ItemResult(example, decision, cached=False))
 
     await _all_or_none([one(i, e) for i, e in enumerate(examples)])
-    finished = [r for r in results if r is not None]
-    spec = _spec(dataset, classifier, len(examples), time.perf_counter() - started)
-    result = EvalResult(run_id, spec, finished)
+    finished = [r for r in results if r is not None and r.example.gold is not None]
+    unscored = [r for r in results if r is not None and r.example.gold is None]
+    spec = _spec(dataset, classifier, len(finished), time.perf_counter() - started)
+    result = EvalResult(run_id, spec, finished, unscored=unscored)
     result.metrics = compute_metrics(finished, threshold_split=threshold_split, seed=seed)
     result.metrics["cached_items"] = result.cached
     if store is not None:
@@ -442,21 +449,20 @@ async def run_multi_eval(
                 threshold_split=threshold_split,
                 seed=seed,
                 on_result=on_result,
+                judge_unlabelled=True,
             )
         )
-    fresh = [r for run in runs for r in run.items if not r.cached]
-    n_items = max(1, len({r.example.id for run in runs for r in run.items}))
+    judged = [run.items + run.unscored for run in runs]
     cost = {
         "calls_per_item": len(runs),
-        "seconds_per_item": sum(r.decision.latency_s for r in fresh)
-        / max(1, len(fresh))
-        * len(runs),
+        # Recorded latencies, cached items included: what judging an item costs.
+        "seconds_per_item": sum(m.mean([r.decision.latency_s for r in rs]) for rs in judged),
         "tokens_per_item": sum(
-            r.decision.usage.prompt_tokens + r.decision.usage.completion_tokens
-            for run in runs
-            for r in run.items
-        )
-        / n_items,
+            m.mean(
+                [r.decision.usage.prompt_tokens + r.decision.usage.completion_tokens for r in rs]
+            )
+            for rs in judged
+        ),
     }
     result = MultiEvalResult(
         new_ulid(), runs, label_names, _multi_metrics(runs, cost, dataset, seed, threshold_split)
@@ -487,7 +493,9 @@ async def run_combined_eval(
     label_names = [label_for(p.id, names) for p in combined.policies]
     run_id = new_ulid()
     examples = [
-        e for e in dataset.examples if any(e.labels.get(n) is not None for n in label_names)
+        e
+        for e in dataset.examples
+        if e.gold is not None or any(e.labels.get(n) is not None for n in label_names)
     ]
     cache: dict[str, tuple[Decision, ...]] = {}
     if store is not None and use_cache:
@@ -530,30 +538,29 @@ async def run_combined_eval(
     elapsed = time.perf_counter() - started
     runs = []
     for i, (policy, label) in enumerate(zip(combined.policies, label_names, strict=True)):
-        items = [
+        judged = [
             ItemResult(replace(e, gold=e.labels.get(label)), ds[i], cached)
             for e, ds, cached in finished
-            if e.labels.get(label) is not None
         ]
+        items = [r for r in judged if r.example.gold is not None]
         part = replace(
             dataset, name=f"{dataset.name}#{label}", examples=tuple(i.example for i in items)
         )
         spec = _spec(part, combined, len(items), elapsed, policy=policy)
         spec["strategy"] = "combined"
         spec["bundle"] = {"id": combined.bundle.id, "hash": combined.bundle.hash}
-        run = EvalResult(new_ulid(), spec, items)
+        unscored = [r for r in judged if r.example.gold is None]
+        run = EvalResult(new_ulid(), spec, items, unscored=unscored)
         run.metrics = compute_metrics(items, seed=seed)
         run.metrics["cached_items"] = run.cached
         runs.append(run)
-    fresh = [ds[0] for _, ds, cached in finished if not cached]
-    n_items = max(1, len(finished))
+    calls = [ds[0] for _, ds, _cached in finished]  # every decision of a call shares its cost
     cost = {
         "calls_per_item": 1,
-        "seconds_per_item": sum(d.latency_s for d in fresh) / max(1, len(fresh)),
-        "tokens_per_item": sum(
-            ds[0].usage.prompt_tokens + ds[0].usage.completion_tokens for _, ds, _c in finished
-        )
-        / n_items,
+        "seconds_per_item": m.mean([d.latency_s for d in calls]),
+        "tokens_per_item": m.mean(
+            [d.usage.prompt_tokens + d.usage.completion_tokens for d in calls]
+        ),
     }
     result = MultiEvalResult(
         run_id, runs, label_names, _multi_metrics(runs, cost, dataset, seed), strategy="combined"
@@ -572,7 +579,8 @@ def _multi_metrics(
     """Exact match over items whose every label is known, per-policy metrics, and cost.
 
     When the dataset also has a binary gold label (OpenAI Moderation's "any category"), the
-    policies are combined into one binary answer and scored on it under `any`: flagged when
+    policies are combined into one binary answer and scored on it under `any`, over every
+    item that every policy judged (labelled for it or not): flagged when
     any policy flags (an abstention with no flag is an abstention), scored by the highest
     policy score; with `threshold_split`, one threshold on that max score is chosen on part
     of the items and applied to the rest.
@@ -593,7 +601,8 @@ def _multi_metrics(
         **cost,
     }
     binary = {e.id: e.gold for e in dataset.examples}
-    judged = [i for i in complete if binary.get(i) is not None]
+    by_item = [{r.example.id: r for r in run.items + run.unscored} for run in runs]
+    judged = [i for i in by_item[0] if binary.get(i) is not None and all(i in b for b in by_item)]
     if judged:
         any_gold = [bool(binary[i]) for i in judged]
         any_pred: list[bool | None] = []

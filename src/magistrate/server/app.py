@@ -50,6 +50,7 @@ from magistrate.server.schemas import (
     ErrorResponse,
     FindingOut,
     Health,
+    ItemIn,
     ModerationRequest,
     ModerationResponse,
     ModerationResult,
@@ -468,8 +469,6 @@ def create_app(
             texts = [part if isinstance(part, str) else part.text for part in body.input]
         if not texts:
             raise InputError("`input` is empty; send a string or a non-empty array.")
-        from magistrate.server.schemas import ItemIn
-
         items = svc.items([ItemIn(text=t) for t in texts])
         categories = svc.settings.moderation_categories
         policies = [svc.policy(pid) for pid in categories.values()]
