@@ -84,8 +84,9 @@ def test_labels_sharing_a_first_token_cannot_be_scored(severity, embedded_backen
 
 
 def test_content_longer_than_the_context_is_an_error_decision(spam, embedded_backend):
-    clf = Classifier(spam, embedded_backend, mode="score", max_chars=200_000)
-    d = asyncio.run(clf.classify("spam " * 5000))
+    clf = Classifier(spam, embedded_backend, mode="score", max_chars=400_000)
+    # one token per word: past the context however large it is (checked before any decoding)
+    d = asyncio.run(clf.classify("spam " * (embedded_backend.n_ctx + 1000)))
     assert d.verdict.status is ParseStatus.ERROR and d.violation is None
     assert "context" in (d.error or "")
 
