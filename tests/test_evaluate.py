@@ -57,6 +57,12 @@ def test_score_metrics_thresholds_and_intervals():
     assert m.apply_threshold([0.5, None, 0.7], 0.6) == [False, None, True]
     s = m.score_metrics(gold, scores)
     assert s is not None and s["roc_auc"] == pytest.approx(8 / 9)
+    table = m.reliability([*gold, True], [*scores, None], bins=2)  # None is not binned
+    assert table is not None and [b["n"] for b in table["bins"]] == [2, 4]
+    assert table["bins"][1]["positive_rate"] == pytest.approx(0.75)
+    assert table["bins"][0]["mean_score"] == pytest.approx(0.15)
+    assert table["ece"] == pytest.approx(2 / 6 * 0.15)  # the high bin is calibrated exactly
+    assert m.reliability(gold, [None] * 6) is None
     lo, hi = m.bootstrap_ci(m.f1_of, GOLD, PRED, rounds=300, seed=1)
     assert lo <= m.f1_of(GOLD, PRED) <= hi and 0 <= lo < hi <= 1
     assert m.bootstrap_ci(m.f1_of, GOLD, PRED, rounds=300, seed=1) == (lo, hi)
@@ -402,6 +408,7 @@ def test_html_report_renders_in_chromium_without_errors(tmp_path):
         "ci95": {"f1": (0.2, 0.9), "precision": (0.1, 1.0), "recall": (0.2, 1.0)},
         "scores": m.score_metrics([g for g, _ in scored], [s for _, s in scored]),
         "pr_curve": m.pr_curve([g for g, _ in scored], [s for _, s in scored]),
+        "reliability": m.reliability(gold, [r["score"] for r in items]),
     }
     result = {
         "schema": "magistrate.eval/1",
@@ -425,7 +432,8 @@ def test_html_report_renders_in_chromium_without_errors(tmp_path):
     dom = browser(tmp_path, page, "--dump-dom")
     assert 'data-ready="yes"' in dom.stdout, dom.stderr[-2000:]
     assert "Uncaught" not in dom.stderr and "CONSOLE" not in dom.stderr
-    assert dom.stdout.count('data-kind="') == 4 and dom.stdout.count("<svg") == 2
+    assert dom.stdout.count('data-kind="') == 4 and dom.stdout.count("<svg") == 3
+    assert 'aria-label="reliability diagram"' in dom.stdout and "<circle" in dom.stdout
     assert "&lt;script&gt;alert" in dom.stdout and "&lt;b&gt;bold?&lt;/b&gt;" in dom.stdout
     assert "<b>bold" not in dom.stdout
     shot = tmp_path / "shot.png"

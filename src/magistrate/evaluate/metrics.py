@@ -112,6 +112,31 @@ def score_metrics(gold: Sequence[bool], scores: Sequence[float | None]) -> dict[
     }
 
 
+def reliability(
+    gold: Sequence[bool], scores: Sequence[float | None], bins: int = 10
+) -> dict[str, Any] | None:
+    """Calibration of the scores: per equal-width score bin, how many items, their mean
+    score and the share of them that are truly violating; and the expected calibration
+    error (ECE, the bin-size-weighted mean gap between the two)."""
+    pairs = [(bool(g), float(s)) for g, s in zip(gold, scores, strict=True) if s is not None]
+    if not pairs:
+        return None
+    table = []
+    ece = 0.0
+    for k in range(bins):
+        lo, hi = k / bins, (k + 1) / bins
+        inside = [(g, s) for g, s in pairs if lo <= s < hi or (k == bins - 1 and s == 1.0)]
+        if not inside:
+            continue
+        mean_score = sum(s for _, s in inside) / len(inside)
+        rate = sum(1 for g, _ in inside if g) / len(inside)
+        ece += len(inside) / len(pairs) * abs(rate - mean_score)
+        table.append(
+            {"lo": lo, "hi": hi, "n": len(inside), "mean_score": mean_score, "positive_rate": rate}
+        )
+    return {"bins": table, "ece": ece}
+
+
 def best_threshold(gold: Sequence[bool], scores: Sequence[float]) -> tuple[float, float]:
     """The score threshold (predict positive when score >= t) with the highest F1."""
     precision, recall, thresholds = skm.precision_recall_curve([int(x) for x in gold], list(scores))

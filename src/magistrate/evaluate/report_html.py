@@ -107,7 +107,7 @@ magistrate {_e(spec.get("package_version"))} {_e((spec.get("git_revision") or ""
 <h2>Charts</h2><div class="charts">
 <figure>{_confusion(mtr["confusion"])}<figcaption>Confusion matrix (abstained:
 {_e(mtr["confusion"]["abstained"])})</figcaption></figure>
-{_pr_figure(mtr)}{_histogram_figure(items)}
+{_pr_figure(mtr)}{_histogram_figure(items)}{_reliability_figure(mtr)}
 </div>
 <h2>Disagreements (<span id="shown">{len(rows)}</span> shown of {len(rows)})</h2>
 <div class="controls"><select id="kind" aria-label="kind">
@@ -169,6 +169,39 @@ def _pr_figure(mtr: dict[str, Any]) -> str:
         f'text-anchor="middle">recall</text><text x="10" y="{h / 2}" font-size="11" '
         f'transform="rotate(-90 10 {h / 2})" text-anchor="middle">precision</text></svg>'
         f"<figcaption>Precision-recall curve (PR-AUC {auc:.3f})</figcaption></figure>"
+    )
+
+
+def _reliability_figure(mtr: dict[str, Any]) -> str:
+    table = mtr.get("reliability")
+    if not table or not table.get("bins"):
+        return "<figure><figcaption>No scores: no reliability diagram.</figcaption></figure>"
+    w, h, pad = 320, 240, 30
+    top = max(b["n"] for b in table["bins"])
+
+    def xy(score: float, rate: float) -> tuple[float, float]:
+        return pad + score * (w - 2 * pad), h - pad - rate * (h - 2 * pad)
+
+    dots = []
+    for b in table["bins"]:
+        x, y = xy(b["mean_score"], b["positive_rate"])
+        radius = 2 + 6 * (b["n"] / top) ** 0.5
+        dots.append(
+            f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{radius:.1f}" fill="#1565c0" '
+            f'fill-opacity="0.7"><title>{b["n"]} items, mean score {b["mean_score"]:.2f}, '
+            f"{b['positive_rate']:.0%} violating</title></circle>"
+        )
+    x0, y0 = xy(0, 0)
+    x1, y1 = xy(1, 1)
+    return (
+        f'<figure><svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" role="img" '
+        f'aria-label="reliability diagram"><rect x="{pad}" y="{pad}" width="{w - 2 * pad}" '
+        f'height="{h - 2 * pad}" fill="none" stroke="#999"/><line x1="{x0}" y1="{y0}" '
+        f'x2="{x1}" y2="{y1}" stroke="#bbb" stroke-dasharray="4 3"/>{"".join(dots)}'
+        f'<text x="{w / 2}" y="{h - 6}" font-size="11" text-anchor="middle">mean score in '
+        f'bin</text><text x="10" y="{h / 2}" font-size="11" transform="rotate(-90 10 {h / 2})" '
+        f'text-anchor="middle">share violating</text></svg><figcaption>Reliability (ECE '
+        f"{table['ece']:.3f}): dots on the diagonal are calibrated</figcaption></figure>"
     )
 
 

@@ -272,6 +272,7 @@ def compute_metrics(
         out["scores"] = scored
         pairs = [(g, s) for g, s in zip(gold, scores, strict=True) if s is not None]
         out["pr_curve"] = m.pr_curve([g for g, _ in pairs], [s for _, s in pairs])
+        out["reliability"] = m.reliability(gold, scores)
         if threshold_split:
             out["threshold_transfer"] = threshold_transfer(gold, scores, threshold_split, seed)
     fresh = [r for r in items if not r.cached]
