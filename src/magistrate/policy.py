@@ -227,7 +227,7 @@ class PolicyBundle:
     @property
     def hash(self) -> str:
         """SHA-256 over the members' hashes in order: changes when any member's text does."""
-        return hashlib.sha256("\n".join(p.hash for p in self.policies).encode()).hexdigest()
+        return bundle_hash(p.hash for p in self.policies)
 
     @property
     def short_hash(self) -> str:
@@ -268,6 +268,11 @@ class _FrontMatter(BaseModel):
     @classmethod
     def _version_as_text(cls, value: object) -> object:
         return str(value) if isinstance(value, int | float) else value
+
+
+def bundle_hash(hashes: Iterable[str]) -> str:
+    """The identity of several policies taken together, in order: SHA-256 of their hashes."""
+    return hashlib.sha256("\n".join(hashes).encode()).hexdigest()
 
 
 def policy_hash(text: str) -> str:

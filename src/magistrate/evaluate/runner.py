@@ -14,7 +14,6 @@ Example:
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import subprocess
 import time
 from collections.abc import Callable, Coroutine
@@ -31,7 +30,7 @@ from magistrate.evaluate import metrics as m
 from magistrate.evaluate.datasets import Dataset, Example
 from magistrate.ids import new_ulid
 from magistrate.item import Item
-from magistrate.policy import Policy
+from magistrate.policy import Policy, bundle_hash
 from magistrate.store import DecisionFilter, Recorder, Store
 
 RESULT_SCHEMA = "magistrate.eval/1"
@@ -633,7 +632,6 @@ def _record_multi(store: Store | None, dataset: Dataset, result: MultiEvalResult
         return
     first = result.runs[0].spec
     policies = [r.spec["policy"] for r in result.runs]
-    bundle_hash = hashlib.sha256("\n".join(p["hash"] for p in policies).encode()).hexdigest()
     spec = {
         "kind": "multi",
         "strategy": result.strategy,
@@ -653,7 +651,7 @@ def _record_multi(store: Store | None, dataset: Dataset, result: MultiEvalResult
             "dataset": f"{dataset.name}#multi",
             "dataset_hash": dataset.hash,
             "policy_id": "+".join(p["id"] for p in policies),
-            "policy_hash": bundle_hash,
+            "policy_hash": bundle_hash(p["hash"] for p in policies),
             "backend": first["backend"],
             "effort": first["effort"],
             "mode": first["mode"],

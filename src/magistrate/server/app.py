@@ -66,6 +66,7 @@ from magistrate.server.schemas import (
     StoredDecisionOut,
 )
 from magistrate.server.service import (
+    ANONYMOUS,
     Forbidden,
     NotFound,
     Service,
@@ -268,7 +269,10 @@ def create_app(
         ) -> ApiKey:
             svc = service()
             secret = credentials.credentials if credentials is not None else None
-            key = await asyncio.to_thread(svc.authenticate, secret)
+            if secret is None and not svc.settings.keys_required:
+                key: ApiKey | None = ANONYMOUS  # nothing to look up
+            else:
+                key = await asyncio.to_thread(svc.authenticate, secret)
             if key is None:
                 svc.metrics.rejected.labels("auth").inc()
                 raise ServiceError(
@@ -417,12 +421,16 @@ def create_app(
         judged = await svc.judge(items, policies, mode, effort)
         decisions = []
         for index, (item, row) in enumerate(zip(items, judged, strict=True)):
-            for j in row:
-                out = DecisionOut.of(
-                    j.decision, index, cached=j.cached, reasoning=body.include_reasoning
+            decisions += [
+                DecisionOut.of(
+                    j.decision,
+                    index,
+                    cached=j.cached,
+                    reasoning=body.include_reasoning,
+                    item_id=item.id,
                 )
-                out.item_id = item.id
-                decisions.append(out)
+                for j in row
+            ]
         return ClassifyResponse(
             request_id=new_ulid(), backend=svc.backend.name, decisions=decisions
         )

@@ -187,13 +187,23 @@ class DecisionOut(BaseModel):
     usage: UsageOut
 
     @classmethod
-    def of(cls, decision: Decision, index: int, *, cached: bool, reasoning: bool) -> DecisionOut:
+    def of(
+        cls,
+        decision: Decision,
+        index: int,
+        *,
+        cached: bool,
+        reasoning: bool,
+        item_id: str | None = None,
+    ) -> DecisionOut:
+        """The decision as the API shows it; `item_id` is the request's id for the item
+        (a cached decision was recorded under an earlier request's id)."""
         v = decision.verdict
         return cls(
             id=decision.id,
             created_at=decision.created_at.isoformat(),
             item_index=index,
-            item_id=decision.item_id,
+            item_id=item_id if item_id is not None else decision.item_id,
             item_hash=decision.item_hash,
             policy=PolicyRef(
                 id=decision.policy_id, version=decision.policy_version, hash=decision.policy_hash

@@ -156,13 +156,13 @@ class Service:
 
     def put_policy(self, policy: Policy, *, activate: bool) -> bool:
         """Store a policy text (a new version unless the same text exists); True if new."""
-        known = {v.hash for v in self.store.policy_versions(policy.id)}
+        known = self.store.has_policy(policy.hash)
         if activate:
             self.store.activate_policy(policy)
         else:
             self.store.add_policy(policy)
         self._active = (0.0, {})
-        return policy.hash not in known
+        return not known
 
     def activate(self, policy_id: str, ref: str) -> Policy:
         """Make a stored version (`@N`, hash prefix or version label) the active one."""

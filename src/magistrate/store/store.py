@@ -550,6 +550,14 @@ class Store:
             "label from `magistrate policy history`."
         )
 
+    def has_policy(self, policy_hash: str) -> bool:
+        """Whether the log holds the policy text with this hash."""
+        p = self.tables["policies"]
+        with self._read() as conn:
+            return (
+                conn.execute(sa.select(p.c.hash).where(p.c.hash == policy_hash)).first() is not None
+            )
+
     def policy_text(self, policy_hash: str) -> str:
         """The exact text of the policy with this hash."""
         p = self.tables["policies"]
