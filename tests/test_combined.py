@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 
 import pytest
 
-from magistrate.backends.mock import MockBackend
+from magistrate.backends.mock import MockBackend, Scripted
 from magistrate.engine import CombinedClassifier
 from magistrate.errors import BackendTimeout, ConfigError, PolicyError
 from magistrate.evaluate.datasets import Dataset, Example
@@ -118,9 +119,36 @@ def test_combined_classifier_falls_back_to_the_grammar_then_abstains(bundle):
     assert all(d.flagged is None and "slow" in (d.error or "") for d in decisions)
 
 
-def test_combined_needs_reason_mode(bundle):
-    with pytest.raises(ConfigError, match="reason mode"):
-        CombinedClassifier(bundle, MockBackend(), mode="score")
+def test_combined_score_mode_needs_a_backend_that_reads_label_slots(bundle):
+    class NoSlots(MockBackend):
+        capabilities = replace(MockBackend.capabilities, label_slots=False)
+
+    with pytest.raises(ConfigError, match="--mode reason"):
+        CombinedClassifier(bundle, NoSlots(), mode="score")
+
+
+def test_combined_score_mode_gives_each_policy_its_own_score_and_threshold(bundle):
+    hate, violence = bundle.policies
+    strict = replace(violence, threshold=0.9)  # a stored threshold applies per policy
+    slots = ({"0": 0.2, "1": 0.8}, {"0": 0.3, "1": 0.7})
+    backend = MockBackend(
+        script=[
+            Scripted("hate: 1\nviolence: 1", slot_probs=slots),
+            Scripted("hate: 0", slot_probs=slots[:1]),  # a slot missing: no verdicts at all
+        ]
+    )
+    clf = CombinedClassifier([hate, strict], backend, mode="score")
+    prompt = clf.prompt(Item.of("x"))
+    assert [s.lead for s in prompt.slots] == ["hate: ", "\nviolence: "]
+    assert prompt.slots[0].lead == prompt.prefill and prompt.slots[1].candidates == ("0", "1")
+    first, second = (asyncio.run(clf.classify(t)) for t in ("one", "two"))
+    assert backend.options[0].constrain_label and backend.options[0].scores
+    assert [d.verdict.score for d in first] == pytest.approx([0.8, 0.7])
+    assert [d.violation for d in first] == [True, False]  # 0.7 is under violence's 0.9
+    assert all(d.mode == "score" for d in first)
+    assert [d.verdict.status for d in second] == [ParseStatus.NO_FINAL_ANSWER] * 2
+    assert all(d.violation is None for d in second)  # never read as "safe"
+    assert len(backend.prompts) == 2  # no constrained retry in score mode
 
 
 def test_combined_eval_exact_match_cost_and_cache(bundle, tmp_path):
@@ -163,3 +191,20 @@ def test_combined_on_the_embedded_model(embedded_backend):
         assert all(d.ok for d in decisions), [d.verdict.detail for d in decisions]
         assert decisions[0].usage.prompt_tokens > 1000  # every policy was in the one prompt
     assert threat[1].violation is True and picnic[1].violation is False
+
+
+@pytest.mark.model
+def test_combined_score_mode_on_the_embedded_model(embedded_backend):
+    clf = CombinedClassifier(["hate", "violence", "self-harm"], embedded_backend, mode="score")
+    texts = ["I am going to stab you tomorrow.", "Lovely weather for a picnic today."]
+    threat, picnic = (asyncio.run(clf.classify(t)) for t in texts)
+    for decisions in (threat, picnic):
+        assert all(d.ok and 0.0 <= (d.verdict.score or -1) <= 1.0 for d in decisions)
+        assert decisions[0].verdict.answer.startswith("hate: ")
+        assert "\nviolence: " in decisions[0].verdict.answer
+    assert threat[1].verdict.score > picnic[1].verdict.score
+    assert threat[1].violation is True and picnic[1].violation is False
+    # The same item again reuses the cached policy prefix and gives the same scores.
+    again = asyncio.run(clf.classify(texts[0]))
+    assert [d.verdict.score for d in again] == pytest.approx([d.verdict.score for d in threat])
+    assert again[0].usage.cached_tokens > 1000

@@ -139,6 +139,23 @@ def test_dataset_hash_and_stratified_sample(data_dir, tmp_path):
     assert load_dataset(str(path)).hash != ds.hash
 
 
+def test_tune_and_report_parts_are_fixed_disjoint_halves(tmp_path):
+    rows = [{"id": f"r{i}", "text": f"item {i}", "label": int(i % 4 == 0)} for i in range(41)]
+    path = tmp_path / "set.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ds = load_dataset(str(path))
+    tune, report = ds.part("tune"), ds.part("report")
+    assert len(tune) + len(report) == 41 and tune.positives == 5 and report.positives == 6
+    assert not {e.id for e in tune.examples} & {e.id for e in report.examples}
+    # The halves depend on item ids only: a shuffled file gives the same parts.
+    path.write_text("".join(json.dumps(r) + "\n" for r in reversed(rows)))
+    shuffled = load_dataset(str(path))
+    assert {e.id for e in shuffled.part("tune").examples} == {e.id for e in tune.examples}
+    assert tune.name.endswith("/tune") and tune.hash != report.hash
+    with pytest.raises(ConfigError, match="tune, report"):
+        ds.part("test")
+
+
 def test_files_with_a_column_mapping(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -298,7 +298,12 @@ class CombinedClassifier(_Engine):
     `Decision`, recorded under that policy; their `options` name the bundle (`bundle`,
     `bundle_policies`) so they can be told apart from decisions made one policy at a time.
     Every decision of one call carries that call's whole latency and usage (shared, not
-    split); count it once per item when adding up cost. Reason mode only.
+    split); count it once per item when adding up cost.
+
+    Score mode, on backends that read several labels in one pass (`label_slots`: the
+    embedded llama.cpp backend), reads each policy's label distribution where its answer
+    line begins; each policy's verdict then comes from its own score and front-matter
+    threshold, as when it is judged alone.
 
     Args:
         policies: Two or more policies (or paths, or bundled names), in answer order.
@@ -306,7 +311,7 @@ class CombinedClassifier(_Engine):
         **kwargs: As for `Classifier` (`effort`, `timeout_s`, `fallback`, `on_abstain`, ...).
 
     Raises:
-        ConfigError: Score mode was asked for.
+        ConfigError: Score mode was asked for on a backend that cannot read label slots.
         PolicyError: Fewer than two policies, or two with one id.
     """
 
@@ -317,14 +322,14 @@ class CombinedClassifier(_Engine):
         **kwargs: Any,
     ) -> None:
         self.bundle = policies if isinstance(policies, PolicyBundle) else PolicyBundle.of(policies)
-        if Mode(kwargs.get("mode", Mode.REASON)) is not Mode.REASON:
-            raise ConfigError(
-                "Several policies in one prompt need reason mode: one scored label token "
-                "cannot answer for each policy. Use --mode reason, or judge the policies "
-                "separately (--strategy separate) for scores."
-            )
         kwargs["calibrated"] = False
         super().__init__(model, **kwargs)
+        if self.mode is Mode.SCORE and not self.backend.capabilities.label_slots:
+            raise ConfigError(
+                f"Several policies in one prompt can be scored only where each policy's label "
+                f"can be read in one pass, which {self.backend.name} cannot do. Use --mode "
+                "reason, or judge the policies separately (--strategy separate) for scores."
+            )
 
     @property
     def policies(self) -> tuple[Policy, ...]:
@@ -341,8 +346,9 @@ class CombinedClassifier(_Engine):
         )
 
     def options(self, *, constrained: bool = False) -> CompletionOptions:
-        """Completion options (reason mode, no label scores)."""
-        return replace(self._options(None, constrained=constrained), scores=False)
+        """Completion options: label slots read in score mode; no label scores in reason mode."""
+        options = self._options(None, constrained=constrained)
+        return options if self.mode is Mode.SCORE else replace(options, scores=False)
 
     def decision_options(self, *, constrained: bool = False) -> dict[str, Any]:
         """What a decision made in a combined call records as its options."""
@@ -376,7 +382,7 @@ class CombinedClassifier(_Engine):
             completion = await self._complete(prompt, self.options())
             verdicts = self._verdicts(completion)
             usage = completion.usage
-            if self.fallback and not all(v.ok for v in verdicts):
+            if self.fallback and self.mode is Mode.REASON and not all(v.ok for v in verdicts):
                 constrained = True
                 retry = await self._complete(prompt, self.options(constrained=True))
                 usage = usage + retry.usage
@@ -396,6 +402,17 @@ class CombinedClassifier(_Engine):
         )
 
     def _verdicts(self, completion: Completion) -> tuple[Verdict, ...]:
+        if self.mode is Mode.SCORE:
+            slots = completion.slot_probs or ()
+            if len(slots) != len(self.policies):
+                return tuple(
+                    failed(ParseStatus.NO_FINAL_ANSWER, detail="the backend read no label slots")
+                    for _ in self.policies
+                )
+            return tuple(
+                replace(verdict_from_scores(probs, policy), answer=completion.text)
+                for probs, policy in zip(slots, self.policies, strict=True)
+            )
         return parse_bundle_verdict(
             completion.text, self.bundle, truncated=completion.finish_reason == "length"
         )

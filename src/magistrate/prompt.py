@@ -57,6 +57,22 @@ class Message:
 
 
 @dataclass(frozen=True)
+class LabelSlot:
+    """One place in a combined answer where a policy's label is read (score mode).
+
+    Attributes:
+        lead: Text written before the label: the prefill for the first slot, a newline and
+            the policy id for the others (`"\\nhate: "`).
+        candidates: The policy's label strings; their first tokens are compared.
+        violating: For each candidate, whether it is a violating label.
+    """
+
+    lead: str
+    candidates: tuple[str, ...]
+    violating: tuple[bool, ...]
+
+
+@dataclass(frozen=True)
 class Prompt:
     """What a backend is asked.
 
@@ -72,6 +88,8 @@ class Prompt:
         effort: Reasoning effort, for backends that take one.
         native_reasoning: Whether the format block assumed the model reasons on its own
             channel (harmony) instead of writing a rationale in the answer.
+        slots: Combined prompts only: one label position per policy, in answer order, for
+            backends that read several labels in one pass (`Capabilities.label_slots`).
     """
 
     messages: tuple[Message, ...]
@@ -82,6 +100,7 @@ class Prompt:
     schema: dict[str, Any] | None = field(default=None, compare=False)
     grammar: str | None = None
     native_reasoning: bool = False
+    slots: tuple[LabelSlot, ...] = ()
 
     @property
     def system(self) -> str:
@@ -134,8 +153,9 @@ def build_bundle_prompt(
 
     The system message holds each policy's text under its own numbered heading, then one
     output-format block that replaces the policies' own formats: one `id: label` line per
-    policy in bundle order, then a rationale line. Score mode is not offered for bundles (a
-    single label token cannot carry several answers); judge policies separately for scores.
+    policy in bundle order, then a rationale line. For score mode the prompt also lists one
+    `LabelSlot` per policy: the backend reads each policy's label distribution where its line
+    begins, writing the likelier label before moving to the next line.
 
     Args:
         bundle: The policies, in the order their answer lines are asked for.
@@ -162,6 +182,14 @@ def build_bundle_prompt(
         effort=Effort(effort),
         grammar=bundle_grammar(bundle),
         native_reasoning=native_reasoning,
+        slots=tuple(
+            LabelSlot(
+                lead=(f"{p.id}: " if i == 0 else f"\n{p.id}: "),
+                candidates=tuple(label.name for label in p.labels),
+                violating=tuple(label.violation for label in p.labels),
+            )
+            for i, p in enumerate(bundle.policies)
+        ),
     )
 
 

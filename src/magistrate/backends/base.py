@@ -57,6 +57,8 @@ class Completion:
             begins, normalised over the candidates; None when the backend cannot tell.
         label_mass: Probability the model put on any candidate at that position, before
             normalisation (low mass means the model wanted to say something else).
+        slot_probs: Combined prompts in score mode: `label_probs` for each of the prompt's
+            `slots`, in order; None where a slot's label could not be read.
     """
 
     text: str
@@ -67,6 +69,7 @@ class Completion:
     latency_s: float = 0.0
     label_probs: Mapping[str, float] | None = None
     label_mass: float | None = None
+    slot_probs: tuple[Mapping[str, float] | None, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -119,12 +122,15 @@ class Capabilities:
         label_scores: Can return `label_probs`.
         constrained: Can decode under a JSON schema or grammar.
         native_reasoning: The model reasons on its own channel (gpt-oss harmony).
+        label_slots: Can read several labels in one pass (`Prompt.slots`), so several
+            policies in one prompt can be judged in score mode.
     """
 
     prefill: bool = False
     label_scores: bool = False
     constrained: bool = False
     native_reasoning: bool = False
+    label_slots: bool = False
 
 
 class Backend(ABC):

@@ -107,7 +107,7 @@ class LlamaCppBackend(Backend):
     """
 
     provider = "llamacpp"
-    capabilities = Capabilities(prefill=True, label_scores=True, constrained=True)
+    capabilities = Capabilities(prefill=True, label_scores=True, constrained=True, label_slots=True)
     max_concurrency = 1
 
     def __init__(
@@ -244,6 +244,8 @@ class LlamaCppBackend(Backend):
         """
         if self.harmony:
             return self._complete_harmony(prompt, options)
+        if prompt.slots and options.constrain_label:
+            return self._complete_slots(prompt, options)
         use_prefill = not options.constrained
         tokens = self.prompt_tokens(prompt, prefill=use_prefill)
         budget = 1 if options.constrain_label else options.max_tokens
@@ -287,6 +289,78 @@ class LlamaCppBackend(Backend):
             label_probs=label.probs(prompt.candidates) if label else None,
             label_mass=label.mass if label else None,
         )
+
+    def _complete_slots(self, prompt: Prompt, options: CompletionOptions) -> Completion:
+        """Score mode for a combined prompt: read each policy's label where its line begins.
+
+        The prompt (ending with the first slot's lead) is evaluated once; then, per slot, the
+        label distribution is read, the likelier label and the next slot's lead are appended
+        and evaluated (a few tokens each), so every policy after the first is judged with
+        the earlier answers in view, as in a written answer.
+        """
+        tokens = self.prompt_tokens(prompt, prefill=True)
+        budget = 8 * len(prompt.slots)
+        if len(tokens) + budget > self.n_ctx:
+            raise InputError(
+                f"The prompt is {len(tokens):,} tokens and about {budget} more are needed for "
+                f"the answers, but the model's context holds {self.n_ctx:,}. Shorten the "
+                "content, judge fewer policies at once, or load the model with a larger n_ctx."
+            )
+        slot_ids = [self._label_token_ids(slot.candidates) for slot in prompt.slots]
+        if any(ids is None for ids in slot_ids):
+            raise ConfigError(
+                "Score mode needs labels whose first tokens differ under every policy of the "
+                "bundle; use --mode reason, or rename the labels."
+            )
+        cached = self._cached_prefix(tokens)
+        start = time.perf_counter()
+        deadline = time.monotonic() + options.timeout_s if options.timeout_s else None
+        pending = tokens[cached:]
+        self._llm.n_tokens = cached  # eval() first drops the KV cells past n_tokens
+        text = ""
+        probs: list[dict[str, float] | None] = []
+        evaluated = 0
+        for i, (slot, ids) in enumerate(zip(prompt.slots, slot_ids, strict=True)):
+            if i:
+                pending = pending + self.tokenize(slot.lead, special=False)
+            read = self._eval_and_read(pending, ids or [], slot.violating)
+            evaluated += len(pending)
+            probs.append(read.probs(slot.candidates))
+            text += slot.lead + slot.candidates[read.choice]
+            pending = self._candidate_tokens(slot.candidates)[read.choice]
+            if deadline is not None and time.monotonic() > deadline:
+                raise BackendTimeout(f"{self.name} did not finish within {options.timeout_s:g} s.")
+        return Completion(
+            text=text,
+            model=self.model,
+            usage=Usage(
+                prompt_tokens=len(tokens),
+                cached_tokens=cached,
+                completion_tokens=evaluated - (len(tokens) - cached),
+            ),
+            latency_s=time.perf_counter() - start,
+            slot_probs=tuple(probs),
+        )
+
+    def _eval_and_read(
+        self,
+        tokens: list[int],
+        ids: list[int],
+        violating: Sequence[bool],
+        threshold: float | None = None,
+    ) -> _LabelRead:
+        """Evaluate `tokens` after the first `n_tokens` in the KV cache; read the label logits."""
+        import llama_cpp
+        import numpy as np
+
+        llm = self._llm
+        try:
+            llm.eval(tokens)
+        except RuntimeError as exc:
+            raise BackendError(f"llama.cpp failed while scoring: {exc}") from None
+        pointer = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
+        logits = np.ctypeslib.as_array(pointer, shape=(llm.n_vocab(),))
+        return _LabelRead.from_logits(logits, ids, violating, threshold)
 
     def _complete_harmony(self, prompt: Prompt, options: CompletionOptions) -> Completion:
         """A gpt-oss completion: harmony tokens in, raw tokens out until `<|return|>`/`<|call|>`."""
@@ -351,18 +425,8 @@ class LlamaCppBackend(Backend):
         score falls on), without the sampler chain and the extra decode of the sampled token
         that `create_completion` performs.
         """
-        import llama_cpp
-        import numpy as np
-
-        llm = self._llm
-        llm.n_tokens = cached  # eval() first drops the KV cells past n_tokens
-        try:
-            llm.eval(tokens[cached:])
-        except RuntimeError as exc:
-            raise BackendError(f"llama.cpp failed while scoring: {exc}") from None
-        pointer = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
-        logits = np.ctypeslib.as_array(pointer, shape=(llm.n_vocab(),))
-        return _LabelRead.from_logits(logits, ids, prompt.violating, options.label_threshold)
+        self._llm.n_tokens = cached  # eval() first drops the KV cells past n_tokens
+        return self._eval_and_read(tokens[cached:], ids, prompt.violating, options.label_threshold)
 
     def _label_tokens(self, prompt: Prompt, label: _LabelRead) -> list[int]:
         return self._candidate_tokens(prompt.candidates)[label.choice]

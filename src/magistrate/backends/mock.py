@@ -17,12 +17,14 @@ from magistrate.prompt import Prompt
 
 @dataclass(frozen=True)
 class Scripted:
-    """One scripted reply: answer text, finish reason, optional label probabilities."""
+    """One scripted reply: answer text, finish reason, optional label probabilities (one
+    distribution, or one per slot of a combined prompt)."""
 
     text: str
     finish_reason: str = "stop"
     label_probs: Mapping[str, float] | None = None
     reasoning: str | None = None
+    slot_probs: tuple[Mapping[str, float] | None, ...] | None = None
 
 
 class MockBackend(Backend):
@@ -34,7 +36,7 @@ class MockBackend(Backend):
     """
 
     provider = "mock"
-    capabilities = Capabilities(prefill=True, label_scores=True, constrained=True)
+    capabilities = Capabilities(prefill=True, label_scores=True, constrained=True, label_slots=True)
 
     def __init__(
         self,
@@ -81,4 +83,5 @@ class MockBackend(Backend):
             usage=Usage(prompt_tokens=10, completion_tokens=max(1, len(step.text) // 4)),
             label_probs=step.label_probs,
             label_mass=1.0 if step.label_probs else None,
+            slot_probs=step.slot_probs,
         )

@@ -75,7 +75,8 @@ def run(
         Strategy,
         typer.Option(
             help="Several policies: one call per policy (separate), one prompt for all "
-            "(combined, reason mode), or both side by side.",
+            "(combined; in score mode each policy's label is read where its line begins), or "
+            "both side by side.",
         ),
     ] = Strategy.SEPARATE,
     model: ModelOption = DEFAULT_MODEL,
@@ -110,6 +111,13 @@ def run(
     target: Annotated[
         str, typer.Option(help="teen-safety shape: judge the prompt or the response.")
     ] = "prompt",
+    part: Annotated[
+        str | None,
+        typer.Option(
+            help="Only one fixed half of the dataset (stratified by gold, by a hash of each "
+            "item id): choose thresholds and wording on 'tune', report figures on 'report'.",
+        ),
+    ] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N items.")] = None,
     sample: Annotated[
         int | None, typer.Option(min=1, help="A stratified random sample of N items.")
@@ -156,6 +164,8 @@ def run(
     data = load_dataset(dataset, data_dir_path=data_dir, columns=columns)
     if len(policy) == 1:
         data = data.labelled()
+    if part is not None:
+        data = data.part(part)
     if sample is not None:
         data = data.sample(sample, seed=seed)
     if limit is not None:
@@ -183,7 +193,7 @@ def run(
                 )
             )
         if strategy is not Strategy.SEPARATE:
-            runs.append(("combined", CombinedClassifier(policy, backend, **engine_args)))
+            runs.append(("combined", CombinedClassifier(policy, backend, mode=mode, **engine_args)))
         try:
             _multi(data, runs, store, cache, seed, output, as_json, max_errors, threshold_split)
         finally:

@@ -92,6 +92,13 @@ MODERATION_NAMES = {
 }
 
 
+PARTS = ("tune", "report")
+
+
+def _id_rank(item_id: str) -> str:
+    return hashlib.sha256(item_id.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 @dataclass(frozen=True)
 class Example:
     """One item with its gold labels.
@@ -142,6 +149,32 @@ class Dataset:
     def limit(self, n: int) -> Dataset:
         """The first n examples."""
         return replace(self, examples=self.examples[:n], name=f"{self.name}[:{n}]")
+
+    def part(self, name: str) -> Dataset:
+        """One of two fixed halves, `tune` or `report`, stratified by gold label.
+
+        Each item's place is decided by the SHA-256 of its id, so the halves never change with
+        a seed, a sample size or the order of the file: thresholds and wording are chosen on
+        `tune` and figures reported on `report`, and no item is ever in both.
+
+        Raises:
+            ConfigError: The name is not `tune` or `report`.
+        """
+        if name not in PARTS:
+            raise ConfigError(f"A dataset part is one of {', '.join(PARTS)}, not {name!r}.")
+        groups: dict[bool | None, list[int]] = {}
+        for i, e in enumerate(self.examples):
+            groups.setdefault(e.gold, []).append(i)
+        chosen: set[int] = set()
+        for members in groups.values():
+            ranked = sorted(members, key=lambda i: _id_rank(self.examples[i].id))
+            half = len(ranked) // 2
+            chosen.update(ranked[:half] if name == "tune" else ranked[half:])
+        return replace(
+            self,
+            examples=tuple(e for i, e in enumerate(self.examples) if i in chosen),
+            name=f"{self.name}/{name}",
+        )
 
     def sample(self, n: int, *, seed: int = 0) -> Dataset:
         """n examples, stratified by gold label (proportions kept), in the original order."""
