@@ -435,7 +435,11 @@ def _print_summary(result: EvalResult, path: Path) -> None:
     if "scores" in mtr:
         s = mtr["scores"]
         table.add_row("PR-AUC / ROC-AUC", f"{s['pr_auc']:.3f} / {s['roc_auc']:.3f}")
-        table.add_row("best-F1 threshold", f"{s['best_threshold']:.3f} (F1 {s['best_f1']:.3f})")
+        table.add_row(
+            "best-F1 threshold",
+            f"{s['best_threshold']:.3f} (F1 {s['best_f1']:.3f}; chosen on these items: to use "
+            "one, set `threshold:` in the policy's front matter)",
+        )
     if "threshold_transfer" in mtr:
         t = mtr["threshold_transfer"]
         table.add_row(
