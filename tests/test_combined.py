@@ -181,6 +181,31 @@ def test_combined_eval_exact_match_cost_and_cache(bundle, tmp_path):
     assert row["multi_policy_accuracy"]["exact_match"] == pytest.approx(0.5)
 
 
+def test_combined_score_eval_ranks_by_the_highest_policy_score(bundle):
+    # Binary gold: positive when any label is; scores rise with the item number.
+    examples = tuple(
+        Example(f"e{k}", f"text {k}", k >= 6, {"hate": k >= 8, "violence": 6 <= k < 8})
+        for k in range(10)
+    )
+    script = [
+        Scripted("", slot_probs=({"0": 1 - k / 20, "1": k / 20}, {"0": 1 - k / 10, "1": k / 10}))
+        for k in range(10)
+    ]
+    at_half = [replace(p, threshold=0.5) for p in bundle.policies]
+    clf = CombinedClassifier(at_half, MockBackend(script=script, max_concurrency=1), mode="score")
+    multi = asyncio.run(
+        run_combined_eval(Dataset("cats", "mem", examples), clf, threshold_split=0.5)
+    )
+    anyone = multi.metrics["any"]
+    # max score is violence's k/10: items 6-9 are the top four, so the ranking is perfect;
+    # at the default 0.5 items 5-9 flag (k/10 >= 0.5): one false positive.
+    assert anyone["scores"]["pr_auc"] == pytest.approx(1.0)
+    assert anyone["confusion"]["fp"] == 1 and anyone["recall"] == 1.0
+    assert anyone["threshold_transfer"]["test_items"] == 5
+    hate = multi.runs[0]
+    assert hate.metrics["scores"]["pr_auc"] == pytest.approx(1.0)  # k/20 ranks 8, 9 on top
+
+
 @pytest.mark.model
 def test_combined_on_the_embedded_model(embedded_backend):
     clf = CombinedClassifier(["hate", "violence", "self-harm"], embedded_backend)

@@ -270,6 +270,7 @@ def _multi(
                     store=store,
                     use_cache=cache,
                     max_errors=max_errors,
+                    threshold_split=threshold_split,
                     seed=seed,
                     on_result=tick,
                 )

@@ -478,13 +478,15 @@ async def run_combined_eval(
     store: Store | None = None,
     use_cache: bool = True,
     max_errors: float | None = None,
+    threshold_split: float | None = None,
     seed: int = 0,
     on_result: ProgressFn | None = None,
 ) -> MultiEvalResult:
     """Judge every policy at once, one prompt per item; per-policy metrics, exact match, cost.
 
-    The same metrics as `run_multi_eval`, so the two strategies compare side by side. The
-    cache holds an item only when every policy's combined verdict for it is recorded.
+    The same metrics as `run_multi_eval`, so the two strategies compare side by side (in
+    score mode with `threshold_split`, thresholds are transferred as there). The cache holds
+    an item only when every policy's combined verdict for it is recorded.
 
     Raises:
         EvalAborted: More items than `max_errors` got no verdict under some policy.
@@ -551,7 +553,7 @@ async def run_combined_eval(
         spec["bundle"] = {"id": combined.bundle.id, "hash": combined.bundle.hash}
         unscored = [r for r in judged if r.example.gold is None]
         run = EvalResult(new_ulid(), spec, items, unscored=unscored)
-        run.metrics = compute_metrics(items, seed=seed)
+        run.metrics = compute_metrics(items, threshold_split=threshold_split, seed=seed)
         run.metrics["cached_items"] = run.cached
         runs.append(run)
     calls = [ds[0] for _, ds, _cached in finished]  # every decision of a call shares its cost
@@ -563,7 +565,11 @@ async def run_combined_eval(
         ),
     }
     result = MultiEvalResult(
-        run_id, runs, label_names, _multi_metrics(runs, cost, dataset, seed), strategy="combined"
+        run_id,
+        runs,
+        label_names,
+        _multi_metrics(runs, cost, dataset, seed, threshold_split),
+        strategy="combined",
     )
     _record_multi(store, dataset, result)
     return result
