@@ -110,6 +110,10 @@ class _Engine:
             timeout_s=self.timeout_s,
         )
 
+    def _should_fall_back(self, verdicts: Iterable[Verdict]) -> bool:
+        """Retry under the constrained grammar: reason mode, and some answer did not parse."""
+        return self.fallback and self.mode is Mode.REASON and not all(v.ok for v in verdicts)
+
     async def aclose(self) -> None:
         """Close the backend (only needed for backends this classifier created)."""
         await self.backend.aclose()
@@ -228,7 +232,7 @@ class Classifier(_Engine):
             completion = await self._complete(prompt, options)
             verdict = self._verdict(completion)
             usage = completion.usage
-            if self._should_fall_back(verdict):
+            if self._should_fall_back([verdict]):
                 options = self.options(constrained=True)
                 retry = await self._complete(prompt, options)
                 usage = usage + retry.usage
@@ -285,9 +289,6 @@ class Classifier(_Engine):
             completion.text, self.policy, truncated=completion.finish_reason == "length"
         )
         return with_scores(verdict, completion.label_probs, self.policy)
-
-    def _should_fall_back(self, verdict: Verdict) -> bool:
-        return self.fallback and self.mode is Mode.REASON and not verdict.ok
 
 
 class CombinedClassifier(_Engine):
@@ -382,7 +383,7 @@ class CombinedClassifier(_Engine):
             completion = await self._complete(prompt, self.options())
             verdicts = self._verdicts(completion)
             usage = completion.usage
-            if self.fallback and self.mode is Mode.REASON and not all(v.ok for v in verdicts):
+            if self._should_fall_back(verdicts):
                 constrained = True
                 retry = await self._complete(prompt, self.options(constrained=True))
                 usage = usage + retry.usage
