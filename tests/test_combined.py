@@ -204,6 +204,14 @@ def test_combined_score_eval_ranks_by_the_highest_policy_score(bundle):
     assert anyone["threshold_transfer"]["test_items"] == 5
     hate = multi.runs[0]
     assert hate.metrics["scores"]["pr_auc"] == pytest.approx(1.0)  # k/20 ranks 8, 9 on top
+    # The same policies against an overall label only (ToxicChat's shape): neither has a
+    # label of its own, so both count only towards the any-policy answer.
+    overall = tuple(replace(e, labels={}) for e in examples)
+    clf = CombinedClassifier(at_half, MockBackend(script=script, max_concurrency=1), mode="score")
+    only_any = asyncio.run(run_combined_eval(Dataset("chat", "mem", overall), clf))
+    assert only_any.label_names == [None, None] and only_any.metrics["per_policy"] == {}
+    assert only_any.metrics["any"]["scores"]["pr_auc"] == pytest.approx(1.0)
+    assert all(len(run.unscored) == 10 for run in only_any.runs)
 
 
 @pytest.mark.model

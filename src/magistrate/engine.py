@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,6 +47,7 @@ REASONING_MAX_TOKENS_BY_EFFORT = {Effort.LOW: 4096, Effort.MEDIUM: 8192, Effort.
 """Budget for models that reason first (gpt-oss): reasoning cut by the budget leaves no answer."""
 
 DecisionCallback = Callable[[Decision], None]
+_R = TypeVar("_R")
 
 
 class _Engine:
@@ -109,6 +110,25 @@ class _Engine:
             label_threshold=threshold,
             timeout_s=self.timeout_s,
         )
+
+    async def _many(
+        self,
+        items: Iterable[str | bytes | Item],
+        judge: Callable[[Item], Awaitable[_R]],
+        on_result: Callable[[_R], None] | None,
+    ) -> list[_R]:
+        """Run `judge` over checked items, `concurrency` at a time, keeping the input order."""
+        checked = [self.item(c) for c in items]
+        gate = asyncio.Semaphore(self.concurrency)
+
+        async def one(item: Item) -> _R:
+            async with gate:
+                result = await judge(item)
+            if on_result is not None:
+                on_result(result)
+            return result
+
+        return list(await asyncio.gather(*(one(item) for item in checked)))
 
     def _should_fall_back(self, verdicts: Iterable[Verdict]) -> bool:
         """Retry under the constrained grammar: reason mode, and some answer did not parse."""
@@ -270,17 +290,7 @@ class Classifier(_Engine):
             items: Contents or `Item`s.
             on_decision: Called as each decision is made (for progress bars).
         """
-        checked = [self.item(c) for c in items]
-        gate = asyncio.Semaphore(self.concurrency)
-
-        async def one(item: Item) -> Decision:
-            async with gate:
-                decision = await self.classify(item)
-            if on_decision is not None:
-                on_decision(decision)
-            return decision
-
-        return list(await asyncio.gather(*(one(item) for item in checked)))
+        return await self._many(items, self.classify, on_decision)
 
     def _verdict(self, completion: Completion) -> Verdict:
         if self.mode is Mode.SCORE:
@@ -374,6 +384,22 @@ class CombinedClassifier(_Engine):
             for decision, policy in zip(decisions, self.policies, strict=True):
                 await self.recorder.arecord(decision, policy, item)
         return decisions
+
+    async def classify_many(
+        self,
+        items: Iterable[str | bytes | Item],
+        *,
+        on_result: Callable[[tuple[Decision, ...]], None] | None = None,
+    ) -> list[tuple[Decision, ...]]:
+        """Judge many items, one call each, with bounded concurrency; input order kept.
+
+        Every item is checked before any is sent, so bad input fails the call up front.
+
+        Args:
+            items: Contents or `Item`s.
+            on_result: Called with an item's decisions as they are made (progress bars).
+        """
+        return await self._many(items, self.classify, on_result)
 
     async def _judge(self, item: Item) -> tuple[Decision, ...]:
         start = time.perf_counter()

@@ -1,4 +1,4 @@
-"""`magistrate classify`: judge content under a policy."""
+"""`magistrate classify`: judge content under a policy, or under several in one prompt."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import asyncio
 import json
 import sys
 import time
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.markup import escape
@@ -17,18 +18,27 @@ from magistrate.backends import DEFAULT_MODEL, backend_for
 from magistrate.cli.app import EXIT_NO_VERDICT, app, err_console, out_console
 from magistrate.cli.options import BaseUrlOption, DatabaseOption, EndpointOption, ModelOption
 from magistrate.decision import Decision, OnAbstain
-from magistrate.engine import Classifier
+from magistrate.engine import Classifier, CombinedClassifier
 from magistrate.errors import InputError
 from magistrate.item import DEFAULT_MAX_CHARS, Item, decode_content, parse_jsonl
 from magistrate.policy import Policy
 from magistrate.prompt import Effort, Mode
 from magistrate.store import Recorder, Store
 
+_T = TypeVar("_T")
+
 
 @app.command()
 def classify(
     policy: Annotated[
-        str, typer.Option("--policy", "-p", help="Policy file, or a bundled policy name.")
+        list[str],
+        typer.Option(
+            "--policy",
+            "-p",
+            help="Policy file, or a bundled policy name. Repeat to judge several policies in "
+            "one prompt (one call per item, one decision per policy; the item is flagged "
+            "when any policy flags it).",
+        ),
     ],
     text: Annotated[
         str | None, typer.Argument(help="Content to classify, or '-' to read it from stdin.")
@@ -87,33 +97,52 @@ def classify(
 ) -> None:
     """Classify content under a policy: label, rule ids, score and rationale on stdout.
 
+    With several --policy options every item is judged under all of them in one prompt
+    (score mode reads each policy's label where its answer line begins and applies that
+    policy's threshold); --json then prints one object per item with its decisions.
+
     Exit status 0 when every item got a verdict (or was routed by --on-abstain), 3 when at
     least one did not, 1 on bad input.
     """
     items = _read_items(text, file, max_chars)
     # Open the log before loading the model, so a bad --database fails in a second.
     store = Store(database) if log else None
-    classifier = Classifier(
-        policy,
-        backend_for(model, base_url=base_url, endpoint=endpoint),
-        effort=effort,
-        mode=mode,
-        max_chars=max_chars,
-        timeout_s=timeout,
-        fallback=fallback,
-        calibrated=calibrate,
-        on_abstain=on_abstain,
-        recorder=Recorder(store, keep_content=log_content) if store else None,
-    )
+    settings: dict[str, Any] = {
+        "effort": effort,
+        "mode": mode,
+        "max_chars": max_chars,
+        "timeout_s": timeout,
+        "fallback": fallback,
+        "on_abstain": on_abstain,
+        "recorder": Recorder(store, keep_content=log_content) if store else None,
+    }
+    backend = backend_for(model, base_url=base_url, endpoint=endpoint)
     started = time.perf_counter()
-    decisions = _run(classifier, items, as_json)
+    if len(policy) == 1:
+        classifier = Classifier(policy[0], backend, calibrated=calibrate, **settings)
+        results: list[tuple[Decision, ...]] = [(d,) for d in _run(classifier, items, as_json)]
+        first = classifier.policy
+    else:
+        combined = CombinedClassifier(policy, backend, **settings)
+        results = _run_combined(combined, items, as_json)
+        first = combined.policies[0]
     elapsed = time.perf_counter() - started
     if store is not None:
         store.close()
     if len(items) > 1:
-        _summary(decisions, items, classifier.policy, elapsed, store)
-    if any(d.flagged is None for d in decisions):
+        verdicts = [any_of(d.violation for d in r) for r in results]
+        _summary(verdicts, items, first, elapsed, store)
+    if any(d.flagged is None for r in results for d in r):
         raise typer.Exit(EXIT_NO_VERDICT)
+
+
+def any_of(flags: Iterable[bool | None]) -> bool | None:
+    """An item judged under several policies violates when any policy says so; with none
+    saying so and some undecided, it has no answer (never a silent "allowed")."""
+    seen = list(flags)
+    if any(seen):
+        return True
+    return None if None in seen else False
 
 
 def _read_items(text: str | None, file: Path | None, max_chars: int) -> list[Item]:
@@ -156,10 +185,57 @@ def _run(classifier: Classifier, items: list[Item], as_json: bool) -> list[Decis
             if decision.reasoning:
                 err_console.print(f"[dim]{escape(decision.reasoning)}[/dim]")
 
+    return _judge_all(
+        items,
+        show,
+        classifier.classify,
+        lambda advance: classifier.classify_many(items, on_decision=advance),
+    )
+
+
+def _run_combined(
+    combined: CombinedClassifier, items: list[Item], as_json: bool
+) -> list[tuple[Decision, ...]]:
+    def show(decisions: tuple[Decision, ...]) -> None:
+        flagged = any_of(d.flagged for d in decisions)
+        if as_json:
+            row = {
+                "item_id": decisions[0].item_id,
+                "item_hash": decisions[0].item_hash,
+                "flagged": flagged,
+                "flagged_by": [d.policy_id for d in decisions if d.flagged],
+                "decisions": [d.to_dict() for d in decisions],
+            }
+            out_console.out(json.dumps(row, ensure_ascii=False), highlight=False)
+            return
+        for d in decisions:
+            out_console.print(f"[cyan]{escape(d.policy_id)}[/]  " + format_decision(d))
+        word = {True: "[bold red]FLAGGED[/]", False: "[bold green]OK[/]", None: "NO ANSWER"}
+        by = ", ".join(d.policy_id for d in decisions if d.flagged)
+        out_console.print(f"  -> {word[flagged]}" + (f" by {escape(by)}" if by else ""))
+        if decisions[0].reasoning:
+            err_console.print(f"[dim]{escape(decisions[0].reasoning)}[/dim]")
+
+    return _judge_all(
+        items,
+        show,
+        combined.classify,
+        lambda advance: combined.classify_many(items, on_result=advance),
+    )
+
+
+def _judge_all(
+    items: list[Item],
+    show: Callable[[_T], None],
+    one: Callable[[Item], Awaitable[_T]],
+    many: Callable[[Callable[[_T], None]], Awaitable[list[_T]]],
+) -> list[_T]:
+    """Judge one item plainly, or many under a progress bar on stderr, showing each result
+    as it comes (`many` gets the callback to call per result)."""
     if len(items) == 1:
-        decision = asyncio.run(classifier.classify(items[0]))
-        show(decision)
-        return [decision]
+        result = asyncio.run(_await(one(items[0])))
+        show(result)
+        return [result]
     columns = (
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
@@ -169,11 +245,15 @@ def _run(classifier: Classifier, items: list[Item], as_json: bool) -> list[Decis
     with Progress(*columns, console=err_console, transient=True) as progress:
         task = progress.add_task("classifying", total=len(items))
 
-        def advance(decision: Decision) -> None:
-            show(decision)
+        def advance(result: _T) -> None:
+            show(result)
             progress.advance(task)
 
-        return asyncio.run(classifier.classify_many(items, on_decision=advance))
+        return asyncio.run(_await(many(advance)))
+
+
+async def _await(pending: Awaitable[_T]) -> _T:
+    return await pending
 
 
 def format_decision(decision: Decision) -> str:
@@ -216,23 +296,25 @@ def _gold(value: Any, policy: Policy) -> bool | None:
 
 
 def _summary(
-    decisions: list[Decision],
+    verdicts: list[bool | None],
     items: list[Item],
     policy: Policy,
     elapsed: float,
     store: Store | None,
 ) -> None:
-    n = len(decisions)
-    flagged = sum(1 for d in decisions if d.violation)
-    missing = sum(1 for d in decisions if not d.ok)
+    """Counts, speed and, where the items carry labels, accuracy; `verdicts` holds each
+    item's violation flag (None: no verdict), under any policy when there are several."""
+    n = len(verdicts)
+    flagged = sum(1 for f in verdicts if f)
+    missing = sum(1 for f in verdicts if f is None)
     line = (
         f"{n} items: {flagged} violations, {n - flagged - missing} not, {missing} without a "
         f"verdict · {elapsed / n:.2f} s/item"
     )
     gold = [_gold(item.metadata.get("label"), policy) for item in items]
-    pairs = [(d, g) for d, g in zip(decisions, gold, strict=True) if g is not None]
+    pairs = [(f, g) for f, g in zip(verdicts, gold, strict=True) if g is not None]
     if pairs:
-        right = sum(1 for d, g in pairs if d.violation is g)
+        right = sum(1 for f, g in pairs if f is g)
         line += f" · accuracy {right}/{len(pairs)} = {right / len(pairs):.1%} against the labels"
     if store is not None:
         line += f" · recorded in {store.location}"

@@ -68,7 +68,8 @@ def run(
             "--policy",
             "-p",
             help="Policy file or bundled name. Repeat for several policies, each judged on "
-            "the dataset label of its name (multi-policy exact match).",
+            "the dataset label of its name (multi-policy exact match); one whose name is no "
+            "label counts only towards the any-policy answer on the overall label.",
         ),
     ] = None,
     strategy: Annotated[
@@ -318,6 +319,11 @@ def _print_multi(multi: MultiEvalResult) -> None:
     )
     for run, label in zip(multi.runs, multi.label_names, strict=True):
         mtr = run.metrics
+        if label is None:
+            table.add_row(
+                escape(run.spec["policy"]["id"]), "(none: counts in the any-policy answer)"
+            )
+            continue
         table.add_row(
             escape(run.spec["policy"]["id"]),
             escape(label),
@@ -341,7 +347,11 @@ def _print_multi(multi: MultiEvalResult) -> None:
             f"P {anyone['precision']:.3f} R {anyone['recall']:.3f} over {anyone['items']} items"
         )
         if "scores" in anyone:
-            line += f" · max-score PR-AUC {anyone['scores']['pr_auc']:.3f}"
+            sc = anyone["scores"]
+            line += (
+                f" · max-score PR-AUC {sc['pr_auc']:.3f}, best F1 {sc['best_f1']:.3f} at "
+                f"{sc['best_threshold']:.3f} (chosen on these items)"
+            )
         if "threshold_transfer" in anyone:
             t = anyone["threshold_transfer"]
             line += (

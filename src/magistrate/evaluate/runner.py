@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -379,7 +379,7 @@ class MultiEvalResult:
 
     id: str
     runs: list[EvalResult]
-    label_names: list[str]
+    label_names: list[str | None]
     metrics: dict[str, Any]
     strategy: str = "separate"
 
@@ -395,11 +395,10 @@ class MultiEvalResult:
         }
 
 
-def label_for(policy_id: str, labels: list[str]) -> str:
+def label_for(policy_id: str, labels: list[str]) -> str | None:
     """The dataset label a policy judges: the same name, with `/` and `-` treated alike.
 
-    Raises:
-        MagistrateError: No such label in the dataset.
+    None when no label has the policy's name.
     """
 
     def norm(name: str) -> str:
@@ -408,10 +407,34 @@ def label_for(policy_id: str, labels: list[str]) -> str:
     for label in labels:
         if norm(label) == norm(policy_id):
             return label
-    raise MagistrateError(
-        f"Policy {policy_id!r} matches none of the dataset's labels ({', '.join(labels)}). "
-        "For several policies at once, name each policy after the label it judges."
-    )
+    return None
+
+
+def labels_for(policy_ids: Sequence[str], dataset: Dataset) -> list[str | None]:
+    """The dataset label each policy judges, or None for a policy that only counts towards
+    the any-policy answer (several narrow policies for one overall label, as for ToxicChat).
+
+    Raises:
+        MagistrateError: A policy matches no label and the dataset has no overall label
+            either, so nothing could score it.
+    """
+    names = sorted({k for e in dataset.examples for k in e.labels})
+    found = [label_for(pid, names) for pid in policy_ids]
+    has_overall = any(e.gold is not None for e in dataset.examples)
+    for pid, label in zip(policy_ids, found, strict=True):
+        if label is None and not has_overall:
+            listed = ", ".join(names) or "none"
+            raise MagistrateError(
+                f"Policy {pid!r} matches none of the dataset's labels ({listed}), and the "
+                "dataset has no overall label to score the policies against together. "
+                "Name each policy after the label it judges."
+            )
+    return found
+
+
+def _gold_for(example: Example, label: str | None) -> bool | None:
+    """The example's gold label for one policy (None for an any-policy-only policy)."""
+    return None if label is None else example.labels.get(label)
 
 
 async def run_multi_eval(
@@ -430,14 +453,13 @@ async def run_multi_eval(
     An item counts towards exact-match accuracy only when every policy's gold label is known
     for it, and it is right only when every policy's verdict matches (an abstention is wrong).
     """
-    names = sorted({k for e in dataset.examples for k in e.labels})
-    label_names = [label_for(c.policy.id, names) for c in classifiers]
+    label_names = labels_for([c.policy.id for c in classifiers], dataset)
     runs = []
     for clf, label in zip(classifiers, label_names, strict=True):
         part = replace(
             dataset,
             name=f"{dataset.name}#{label}",
-            examples=tuple(replace(e, gold=e.labels.get(label)) for e in dataset.examples),
+            examples=tuple(replace(e, gold=_gold_for(e, label)) for e in dataset.examples),
         )
         runs.append(
             await run_eval(
@@ -465,7 +487,10 @@ async def run_multi_eval(
         ),
     }
     result = MultiEvalResult(
-        new_ulid(), runs, label_names, _multi_metrics(runs, cost, dataset, seed, threshold_split)
+        new_ulid(),
+        runs,
+        label_names,
+        _multi_metrics(runs, label_names, cost, dataset, seed, threshold_split),
     )
     _record_multi(store, dataset, result)
     return result
@@ -491,13 +516,12 @@ async def run_combined_eval(
     Raises:
         EvalAborted: More items than `max_errors` got no verdict under some policy.
     """
-    names = sorted({k for e in dataset.examples for k in e.labels})
-    label_names = [label_for(p.id, names) for p in combined.policies]
+    label_names = labels_for([p.id for p in combined.policies], dataset)
     run_id = new_ulid()
     examples = [
         e
         for e in dataset.examples
-        if e.gold is not None or any(e.labels.get(n) is not None for n in label_names)
+        if e.gold is not None or any(_gold_for(e, n) is not None for n in label_names)
     ]
     cache: dict[str, tuple[Decision, ...]] = {}
     if store is not None and use_cache:
@@ -526,7 +550,7 @@ async def run_combined_eval(
         abstained += 0 if all(d.ok for d in decisions) else 1
         if on_result is not None:
             for d, label in zip(decisions, label_names, strict=True):
-                part = replace(example, gold=example.labels.get(label))
+                part = replace(example, gold=_gold_for(example, label))
                 on_result(ItemResult(part, d, hit is not None), {"done": done})
         if max_errors is not None and _over({"abstained": abstained, "done": done}, max_errors):
             raise EvalAborted(
@@ -541,7 +565,7 @@ async def run_combined_eval(
     runs = []
     for i, (policy, label) in enumerate(zip(combined.policies, label_names, strict=True)):
         judged = [
-            ItemResult(replace(e, gold=e.labels.get(label)), ds[i], cached)
+            ItemResult(replace(e, gold=_gold_for(e, label)), ds[i], cached)
             for e, ds, cached in finished
         ]
         items = [r for r in judged if r.example.gold is not None]
@@ -568,7 +592,7 @@ async def run_combined_eval(
         run_id,
         runs,
         label_names,
-        _multi_metrics(runs, cost, dataset, seed, threshold_split),
+        _multi_metrics(runs, label_names, cost, dataset, seed, threshold_split),
         strategy="combined",
     )
     _record_multi(store, dataset, result)
@@ -577,12 +601,16 @@ async def run_combined_eval(
 
 def _multi_metrics(
     runs: list[EvalResult],
+    label_names: list[str | None],
     cost: dict[str, Any],
     dataset: Dataset,
     seed: int,
     threshold_split: float | None = None,
 ) -> dict[str, Any]:
     """Exact match over items whose every label is known, per-policy metrics, and cost.
+
+    Policies with no label of their own (`label_names` None) take no part in exact match
+    and have no per-policy metrics; they count only towards the any-policy answer.
 
     When the dataset also has a binary gold label (OpenAI Moderation's "any category"), the
     policies are combined into one binary answer and scored on it under `any`, over every
@@ -591,8 +619,9 @@ def _multi_metrics(
     policy score; with `threshold_split`, one threshold on that max score is chosen on part
     of the items and applied to the rest.
     """
-    by_item = [{r.example.id: r for r in run.items} for run in runs]
-    complete = [i for i in by_item[0] if all(i in b for b in by_item)]
+    labelled = [run for run, name in zip(runs, label_names, strict=True) if name is not None]
+    by_item = [{r.example.id: r for r in run.items} for run in labelled]
+    complete = [i for i in by_item[0] if all(i in b for b in by_item)] if by_item else []
     gold = [[bool(b[i].example.gold) for b in by_item] for i in complete]
     pred = [[b[i].pred for b in by_item] for i in complete]
     out: dict[str, Any] = {
@@ -602,7 +631,7 @@ def _multi_metrics(
             run.spec["policy"]["id"]: {
                 k: run.metrics[k] for k in ("f1", "precision", "recall", "parse_rate")
             }
-            for run in runs
+            for run in labelled
         },
         **cost,
     }
@@ -675,6 +704,7 @@ __all__ = [
     "MultiEvalResult",
     "compute_metrics",
     "label_for",
+    "labels_for",
     "run_combined_eval",
     "run_eval",
     "run_multi_eval",

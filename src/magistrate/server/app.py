@@ -469,7 +469,13 @@ def create_app(
         tags=["classify"],
     )
     async def moderations(body: ModerationRequest, key: Classify) -> ModerationResponse:
-        """The OpenAI Moderation API: each category is a policy judged on its own."""
+        """The OpenAI Moderation API: each category is a policy.
+
+        On a backend that reads several labels in one pass (the embedded model) all the
+        categories are judged in one prompt per item, in score mode, each against its own
+        threshold (the starter pack's category thresholds were chosen that way); elsewhere
+        each category is judged on its own.
+        """
         svc = service()
         if isinstance(body.input, str):
             texts = [body.input]
@@ -480,8 +486,11 @@ def create_app(
         items = svc.items([ItemIn(text=t) for t in texts])
         categories = svc.settings.moderation_categories
         policies = [svc.policy(pid) for pid in categories.values()]
-        mode = Mode.SCORE if svc.backend.capabilities.label_scores else Mode.REASON
-        judged = await svc.judge(items, policies, mode, svc.settings.effort)
+        if svc.can_combine(policies):
+            judged = await svc.judge_combined(items, policies, svc.settings.effort)
+        else:
+            mode = Mode.SCORE if svc.backend.capabilities.label_scores else Mode.REASON
+            judged = await svc.judge(items, policies, mode, svc.settings.effort)
         results = []
         for row in judged:
             flags: dict[str, bool] = {}

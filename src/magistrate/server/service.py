@@ -15,10 +15,16 @@ from pathlib import Path
 
 from magistrate.backends import Backend, backend_for
 from magistrate.decision import Decision
-from magistrate.engine import Classifier
+from magistrate.engine import Classifier, CombinedClassifier
 from magistrate.errors import ConfigError, InputError, MagistrateError, PolicyError
 from magistrate.item import Item
-from magistrate.policy import Policy, builtin_policy_names, load_policy, parse_policy
+from magistrate.policy import (
+    Policy,
+    PolicyBundle,
+    builtin_policy_names,
+    load_policy,
+    parse_policy,
+)
 from magistrate.prompt import Effort, Mode
 from magistrate.server.limits import Admission, RateLimiter, TTLCache
 from magistrate.server.metrics import Metrics
@@ -87,6 +93,7 @@ class Service:
         self.draining = False
         self._gate = asyncio.Semaphore(max(1, self.backend.max_concurrency))
         self._classifiers: dict[tuple[str, str, str], Classifier] = {}
+        self._combined: dict[tuple[str, str], CombinedClassifier] = {}
         self._parsed: dict[str, Policy] = {}
         self._builtin_names = frozenset(builtin_policy_names())
         self._builtins: dict[str, Policy] = {}
@@ -272,6 +279,77 @@ class Service:
                 self.admission.release(len(todo), elapsed / len(todo))
                 self.metrics.queue.set(self.admission.in_use)
         return [[j for j in row if j is not None] for row in out]
+
+    def can_combine(self, policies: Sequence[Policy]) -> bool:
+        """Whether `judge_combined` can take these policies: two or more distinct ids, and a
+        backend that reads each policy's label in one pass (`label_slots`)."""
+        ids = [p.id for p in policies]
+        return self.backend.capabilities.label_slots and len(ids) > 1 and len(set(ids)) == len(ids)
+
+    def combined_classifier(self, policies: Sequence[Policy], effort: Effort) -> CombinedClassifier:
+        bundle = PolicyBundle.of(policies)
+        key = (bundle.hash, effort.value)
+        clf = self._combined.get(key)
+        if clf is None:
+            clf = CombinedClassifier(
+                bundle,
+                self.backend,
+                mode=Mode.SCORE,
+                effort=effort,
+                max_chars=self.settings.max_chars,
+                timeout_s=self.settings.timeout_s,
+                on_abstain=self.settings.on_abstain,
+                recorder=self.recorder,
+            )
+            self._combined[key] = clf
+        return clf
+
+    async def judge_combined(
+        self, items: Sequence[Item], policies: Sequence[Policy], effort: Effort
+    ) -> list[list[Judged]]:
+        """Judge every item under all `policies` in one prompt per item, in score mode:
+        `result[item][policy]`, each policy's verdict from its own score and threshold.
+
+        This is how thresholds chosen for policies judged together are honoured (see
+        `can_combine`). Cached per item for the whole bundle; misses go through the queue,
+        one slot per item.
+
+        Raises:
+            Overloaded: The queue in front of the backend is full.
+        """
+        clf = self.combined_classifier(policies, effort)
+        prefix = f"{clf.bundle.hash}:{self.backend.name}:combined-score:{effort.value}"
+        out: list[list[Judged]] = []
+        todo: list[int] = []
+        for i, item in enumerate(items):
+            hits = [self.results.get(f"{prefix}:{p.hash}:{item.hash}") for p in policies]
+            if all(h is not None for h in hits):
+                out.append([Judged(h, cached=True) for h in hits if h is not None])
+                self.metrics.cache_hits.inc()
+            else:
+                out.append([])
+                todo.append(i)
+        if todo:
+            self.admission.admit(len(todo))
+            self.metrics.queue.set(self.admission.in_use)
+            started = time.perf_counter()
+
+            async def one(i: int) -> None:
+                async with self._gate:
+                    decisions = await clf.classify(items[i])
+                for decision, policy in zip(decisions, policies, strict=True):
+                    self.metrics.observe_decision(decision)
+                    if decision.ok:
+                        self.results.put(f"{prefix}:{policy.hash}:{items[i].hash}", decision)
+                out[i] = [Judged(d, cached=False) for d in decisions]
+
+            try:
+                await asyncio.gather(*(one(i) for i in todo))
+            finally:
+                elapsed = time.perf_counter() - started
+                self.admission.release(len(todo), elapsed / len(todo))
+                self.metrics.queue.set(self.admission.in_use)
+        return out
 
     async def _one(
         self,
