@@ -29,10 +29,13 @@ schema = schemathesis.openapi.from_path(ROOT / "docs" / "openapi.json")
 
 @pytest.fixture(scope="module")
 def live_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    # Each step answers one policy (label_probs) or the 8 moderation categories judged in
+    # one prompt (slot_probs), whichever the route asks for.
+    flag, clear = {"0": 0.3, "1": 0.7}, {"0": 0.8, "1": 0.2}
     backend = MockBackend(
         script=[
-            Scripted("1", label_probs={"0": 0.3, "1": 0.7}),
-            Scripted("0", label_probs={"0": 0.8, "1": 0.2}),
+            Scripted("1", label_probs=flag, slot_probs=(flag,) + (clear,) * 7),
+            Scripted("0", label_probs=clear, slot_probs=(clear,) * 8),
         ],
         cycle=True,
     )
