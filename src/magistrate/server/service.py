@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from magistrate.backends import Backend, backend_for
 from magistrate.decision import Decision
@@ -219,20 +220,21 @@ class Service:
                 raise InputError(f"items[{i}]: {exc}") from None
         return items
 
+    def _engine_settings(self, effort: Effort) -> dict[str, Any]:
+        """What every engine the service builds shares: the server's limits and recorder."""
+        return {
+            "effort": effort,
+            "max_chars": self.settings.max_chars,
+            "timeout_s": self.settings.timeout_s,
+            "on_abstain": self.settings.on_abstain,
+            "recorder": self.recorder,
+        }
+
     def classifier(self, policy: Policy, mode: Mode, effort: Effort) -> Classifier:
         key = (policy.hash, mode.value, effort.value)
         clf = self._classifiers.get(key)
         if clf is None:
-            clf = Classifier(
-                policy,
-                self.backend,
-                mode=mode,
-                effort=effort,
-                max_chars=self.settings.max_chars,
-                timeout_s=self.settings.timeout_s,
-                on_abstain=self.settings.on_abstain,
-                recorder=self.recorder,
-            )
+            clf = Classifier(policy, self.backend, mode=mode, **self._engine_settings(effort))
             self._classifiers[key] = clf
         return clf
 
@@ -292,14 +294,7 @@ class Service:
         clf = self._combined.get(key)
         if clf is None:
             clf = CombinedClassifier(
-                bundle,
-                self.backend,
-                mode=Mode.SCORE,
-                effort=effort,
-                max_chars=self.settings.max_chars,
-                timeout_s=self.settings.timeout_s,
-                on_abstain=self.settings.on_abstain,
-                recorder=self.recorder,
+                bundle, self.backend, mode=Mode.SCORE, **self._engine_settings(effort)
             )
             self._combined[key] = clf
         return clf
