@@ -561,6 +561,17 @@ def test_narrow_policies_without_a_label_count_towards_the_overall_answer(tmp_pa
     anyone = multi.metrics["any"]
     assert anyone["items"] == 4 and anyone["recall"] == 1.0
     assert anyone["precision"] == pytest.approx(2 / 3)
+    # the any-policy answer per item, with the policies that flagged it and their decisions
+    rows = {r["id"]: r for r in multi.items}
+    assert [rows[f"e{k}"]["flagged"] for k in range(4)] == [True, True, True, False]
+    assert rows["e0"]["flagged_by"] == ["sexual"] and rows["e2"]["flagged_by"] == ["hate"]
+    assert rows["e3"]["flagged_by"] == [] and rows["e1"]["gold"] is True
+    assert rows["e0"]["score"] == pytest.approx(0.8) and rows["e3"]["score"] == pytest.approx(0.2)
+    assert rows["e1"]["decisions"] == [
+        multi.runs[0].items[1].decision.id,
+        multi.runs[1].unscored[1].decision.id,
+    ]
+    assert multi.to_dict()["items"] == multi.items and "items" not in multi.to_dict(items=False)
     # with no overall label, a policy without its own label has nothing to be scored on
     unlabelled = Dataset("chat", "mem", tuple(replace(e, gold=None) for e in examples))
     with pytest.raises(MagistrateError, match="matches none of the dataset's labels"):

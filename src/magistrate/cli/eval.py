@@ -290,9 +290,9 @@ def _multi(
     summaries = []
     for multi in results:
         paths = [_write_result(run, output) for run in multi.runs]
-        summary = {**multi.to_dict(), "results": [str(p) for p in paths]}
+        summary = {**multi.to_dict(items=False), "results": [str(p) for p in paths]}
         path = output / f"{multi.id}.multi.json"
-        path.write_text(json.dumps(summary, indent=1), "utf-8")
+        path.write_text(json.dumps({**summary, "items": multi.items}, indent=1), "utf-8")
         summaries.append({**summary, "result": str(path)})
     if as_json:
         payload = summaries[0] if len(summaries) == 1 else {"strategies": summaries}

@@ -382,9 +382,12 @@ class MultiEvalResult:
     label_names: list[str | None]
     metrics: dict[str, Any]
     strategy: str = "separate"
+    items: list[dict[str, Any]] = field(default_factory=list)
+    """The any-policy answer per item (`any_policy_items`), when the dataset has an overall
+    label."""
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
+    def to_dict(self, *, items: bool = True) -> dict[str, Any]:
+        out = {
             "schema": "magistrate.eval-multi/1",
             "id": self.id,
             "strategy": self.strategy,
@@ -393,6 +396,9 @@ class MultiEvalResult:
             "runs": [r.id for r in self.runs],
             "metrics": self.metrics,
         }
+        if items:
+            out["items"] = self.items
+        return out
 
 
 def label_for(policy_id: str, labels: list[str]) -> str | None:
@@ -486,11 +492,13 @@ async def run_multi_eval(
             for rs in judged
         ),
     }
+    rows = any_policy_items(runs, dataset)
     result = MultiEvalResult(
         new_ulid(),
         runs,
         label_names,
-        _multi_metrics(runs, label_names, cost, dataset, seed, threshold_split),
+        _multi_metrics(runs, label_names, cost, rows, seed, threshold_split),
+        items=rows,
     )
     _record_multi(store, dataset, result)
     return result
@@ -588,12 +596,14 @@ async def run_combined_eval(
             [d.usage.prompt_tokens + d.usage.completion_tokens for d in calls]
         ),
     }
+    any_rows = any_policy_items(runs, dataset)
     result = MultiEvalResult(
         run_id,
         runs,
         label_names,
-        _multi_metrics(runs, label_names, cost, dataset, seed, threshold_split),
+        _multi_metrics(runs, label_names, cost, any_rows, seed, threshold_split),
         strategy="combined",
+        items=any_rows,
     )
     _record_multi(store, dataset, result)
     return result
@@ -603,7 +613,7 @@ def _multi_metrics(
     runs: list[EvalResult],
     label_names: list[str | None],
     cost: dict[str, Any],
-    dataset: Dataset,
+    any_rows: list[dict[str, Any]],
     seed: int,
     threshold_split: float | None = None,
 ) -> dict[str, Any]:
@@ -613,11 +623,10 @@ def _multi_metrics(
     and have no per-policy metrics; they count only towards the any-policy answer.
 
     When the dataset also has a binary gold label (OpenAI Moderation's "any category"), the
-    policies are combined into one binary answer and scored on it under `any`, over every
-    item that every policy judged (labelled for it or not): flagged when
-    any policy flags (an abstention with no flag is an abstention), scored by the highest
-    policy score; with `threshold_split`, one threshold on that max score is chosen on part
-    of the items and applied to the rest.
+    policies are combined into one binary answer and scored on it under `any`, over the rows
+    of `any_policy_items`: flagged when any policy flags (an abstention with no flag is an
+    abstention), scored by the highest policy score; with `threshold_split`, one threshold
+    on that max score is chosen on part of the items and applied to the rest.
     """
     labelled = [run for run, name in zip(runs, label_names, strict=True) if name is not None]
     by_item = [{r.example.id: r for r in run.items} for run in labelled]
@@ -635,20 +644,12 @@ def _multi_metrics(
         },
         **cost,
     }
-    binary = {e.id: e.gold for e in dataset.examples}
-    by_item = [{r.example.id: r for r in run.items + run.unscored} for run in runs]
-    judged = [i for i in by_item[0] if binary.get(i) is not None and all(i in b for b in by_item)]
-    if judged:
-        any_gold = [bool(binary[i]) for i in judged]
-        any_pred: list[bool | None] = []
-        any_score: list[float | None] = []
-        for i in judged:
-            preds = [b[i].pred for b in by_item]
-            any_pred.append(True if any(preds) else (None if None in preds else False))
-            scores = [b[i].decision.verdict.score for b in by_item]
-            any_score.append(None if None in scores else max(s for s in scores if s is not None))
+    if any_rows:
+        any_gold = [bool(r["gold"]) for r in any_rows]
+        any_pred: list[bool | None] = [r["flagged"] for r in any_rows]
+        any_score: list[float | None] = [r["score"] for r in any_rows]
         combined = m.binary_metrics(any_gold, any_pred)
-        combined["items"] = len(judged)
+        combined["items"] = len(any_rows)
         combined["ci95_f1"] = m.bootstrap_ci(m.f1_of, any_gold, any_pred, seed=seed)
         scored = m.score_metrics(any_gold, any_score)
         if scored is not None:
@@ -659,6 +660,39 @@ def _multi_metrics(
                 )
         out["any"] = combined
     return out
+
+
+def any_policy_items(runs: list[EvalResult], dataset: Dataset) -> list[dict[str, Any]]:
+    """The any-policy answer for every item that has an overall label and every policy judged.
+
+    Each row: `id`, `gold` (the overall label), `flagged` (True when any policy flags the
+    item; None when none flags it and some policy gave no verdict), `score` (the highest
+    policy score; None when some policy has none), `flagged_by` (the ids of the policies that
+    flag it) and `decisions` (the decision id under each policy, in policy order).
+    """
+    binary = {e.id: e.gold for e in dataset.examples}
+    by_item = [{r.example.id: r for r in run.items + run.unscored} for run in runs]
+    if not by_item:
+        return []
+    ids = [run.spec["policy"]["id"] for run in runs]
+    rows = []
+    for i in by_item[0]:
+        if binary.get(i) is None or not all(i in b for b in by_item):
+            continue
+        results = [b[i] for b in by_item]
+        preds = [r.pred for r in results]
+        scores = [r.decision.verdict.score for r in results]
+        rows.append(
+            {
+                "id": i,
+                "gold": bool(binary[i]),
+                "flagged": True if any(preds) else (None if None in preds else False),
+                "score": None if None in scores else max(s for s in scores if s is not None),
+                "flagged_by": [p for p, pred in zip(ids, preds, strict=True) if pred],
+                "decisions": [r.decision.id for r in results],
+            }
+        )
+    return rows
 
 
 def _record_multi(store: Store | None, dataset: Dataset, result: MultiEvalResult) -> None:
@@ -702,6 +736,7 @@ __all__ = [
     "EvalResult",
     "ItemResult",
     "MultiEvalResult",
+    "any_policy_items",
     "compute_metrics",
     "label_for",
     "labels_for",
