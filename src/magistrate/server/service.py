@@ -8,8 +8,9 @@ errors onto status codes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -268,18 +269,11 @@ class Service:
                 else:
                     todo.append((i, j, key))
         if todo:
-            self.admission.admit(len(todo))
-            self.metrics.queue.set(self.admission.in_use)
-            started = time.perf_counter()
-            try:
+            with self._queued(len(todo)):
                 await asyncio.gather(
                     *(self._one(items[i], policies[j], mode, effort, key, out, i, j)
                       for i, j, key in todo)
                 )  # fmt: skip
-            finally:
-                elapsed = time.perf_counter() - started
-                self.admission.release(len(todo), elapsed / len(todo))
-                self.metrics.queue.set(self.admission.in_use)
         return [[j for j in row if j is not None] for row in out]
 
     def can_combine(self, policies: Sequence[Policy]) -> bool:
@@ -325,9 +319,6 @@ class Service:
                 out.append([])
                 todo.append(i)
         if todo:
-            self.admission.admit(len(todo))
-            self.metrics.queue.set(self.admission.in_use)
-            started = time.perf_counter()
 
             async def one(i: int) -> None:
                 async with self._gate:
@@ -338,13 +329,25 @@ class Service:
                         self.results.put(f"{prefix}:{policy.hash}:{items[i].hash}", decision)
                 out[i] = [Judged(d, cached=False) for d in decisions]
 
-            try:
+            with self._queued(len(todo)):
                 await asyncio.gather(*(one(i) for i in todo))
-            finally:
-                elapsed = time.perf_counter() - started
-                self.admission.release(len(todo), elapsed / len(todo))
-                self.metrics.queue.set(self.admission.in_use)
         return out
+
+    @contextlib.contextmanager
+    def _queued(self, units: int) -> Iterator[None]:
+        """Hold `units` places in the bounded queue while the block runs.
+
+        Raises:
+            Overloaded: Not enough free places (nothing is run then).
+        """
+        self.admission.admit(units)
+        self.metrics.queue.set(self.admission.in_use)
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.admission.release(units, (time.perf_counter() - started) / units)
+            self.metrics.queue.set(self.admission.in_use)
 
     async def _one(
         self,
