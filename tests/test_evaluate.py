@@ -629,6 +629,12 @@ def test_eval_command_both_multi_policy_strategies(tmp_path):
         assert run["labels"] == ["hate", "violence"] and run["metrics"]["exact_match_items"] == 2
         assert all(p["parse_rate"] == 1.0 for p in run["metrics"]["per_policy"].values())
         assert Path(run["result"]).is_file() and len(run["results"]) == 2
+        # the any-policy answer per item goes to the result file only, scored against the
+        # file's overall label (here the first --label-col, `hate`)
+        assert "items" not in run
+        rows = json.loads(Path(run["result"]).read_text("utf-8"))["items"]
+        assert {r["id"]: r["gold"] for r in rows} == {"t": False, "p": False}
+        assert all(len(r["decisions"]) == 2 and 0 <= r["score"] <= 1 for r in rows)
     table = subprocess.run(
         [sys.executable, "-m", "magistrate", "eval", "report-table", "--json"],
         capture_output=True, text=True, env=env, cwd=ROOT, timeout=120,
