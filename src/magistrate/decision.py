@@ -7,7 +7,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -15,6 +15,15 @@ from typing import Any
 
 from magistrate.backends.base import Usage
 from magistrate.verdict import Verdict
+
+
+def any_of(flags: Iterable[bool | None]) -> bool | None:
+    """An item judged under several policies violates when any policy says so; with none
+    saying so and some undecided, it has no answer (never a silent "allowed")."""
+    seen = list(flags)
+    if any(seen):
+        return True
+    return None if None in seen else False
 
 
 class OnAbstain(StrEnum):

@@ -6,7 +6,7 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from magistrate.backends import DEFAULT_MODEL, backend_for
 from magistrate.cli.app import EXIT_NO_VERDICT, app, err_console, out_console
 from magistrate.cli.options import BaseUrlOption, DatabaseOption, EndpointOption, ModelOption
-from magistrate.decision import Decision, OnAbstain
+from magistrate.decision import Decision, OnAbstain, any_of
 from magistrate.engine import Classifier, CombinedClassifier
 from magistrate.errors import InputError
 from magistrate.item import DEFAULT_MAX_CHARS, Item, decode_content, parse_jsonl
@@ -134,15 +134,6 @@ def classify(
         _summary(verdicts, items, first, elapsed, store)
     if any(d.flagged is None for r in results for d in r):
         raise typer.Exit(EXIT_NO_VERDICT)
-
-
-def any_of(flags: Iterable[bool | None]) -> bool | None:
-    """An item judged under several policies violates when any policy says so; with none
-    saying so and some undecided, it has no answer (never a silent "allowed")."""
-    seen = list(flags)
-    if any(seen):
-        return True
-    return None if None in seen else False
 
 
 def _read_items(text: str | None, file: Path | None, max_chars: int) -> list[Item]:

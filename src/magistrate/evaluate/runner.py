@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from magistrate import __version__
-from magistrate.decision import Decision
+from magistrate.decision import Decision, any_of
 from magistrate.engine import Classifier, CombinedClassifier
 from magistrate.errors import MagistrateError
 from magistrate.evaluate import metrics as m
@@ -686,7 +686,7 @@ def any_policy_items(runs: list[EvalResult], dataset: Dataset) -> list[dict[str,
             {
                 "id": i,
                 "gold": bool(binary[i]),
-                "flagged": True if any(preds) else (None if None in preds else False),
+                "flagged": any_of(preds),
                 "score": None if None in scores else max(s for s in scores if s is not None),
                 "flagged_by": [p for p, pred in zip(ids, preds, strict=True) if pred],
                 "decisions": [r.decision.id for r in results],
