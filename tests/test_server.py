@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -16,10 +17,10 @@ import pytest
 from serving import serving
 
 from magistrate.backends.mock import MockBackend, Scripted
-from magistrate.errors import BackendTimeout
+from magistrate.errors import BackendTimeout, Overloaded, TooLarge
 from magistrate.policy import load_policy
 from magistrate.server import ServerSettings, create_app
-from magistrate.server.limits import Admission, Overloaded, RateLimiter, TTLCache
+from magistrate.server.limits import Admission, RateLimiter, TTLCache
 from magistrate.store import Store
 
 try:
@@ -64,9 +65,8 @@ def test_admission_rate_limit_and_cache_with_a_fake_clock():
     with pytest.raises(Overloaded) as full:
         queue.admit(2)
     assert full.value.retry_after >= 1
-    with pytest.raises(Overloaded) as huge:
+    with pytest.raises(TooLarge):  # can never fit: 413, not 429
         queue.admit(5)
-    assert huge.value.retry_after == 0  # can never fit: 413, not 429
     queue.release(3, 0.5)
     queue.admit(4)
     limiter = RateLimiter(60, clock=lambda: now[0])  # 1/s, bursts of 10
@@ -312,6 +312,27 @@ def test_decisions_endpoints_and_content_stays_out_of_logs(tmp_path, caplog):
         older = httpx.get(f"{srv.url}/v1/decisions", params={"before": one["seq"]})
         assert older.json()["decisions"] == []
     assert "canary" not in caplog.text
+
+
+def test_a_store_outage_answers_503_never_404(tmp_path):
+    """A decision that exists must not read as "no such decision" while the log is down."""
+    store = Store(tmp_path / "gone" / "log.db")
+    app = create_app(ServerSettings(), backend=scripted(SPAM_1), store=store)
+    with serving(app) as srv:
+        made = httpx.post(f"{srv.url}/v1/classify", json=classify_body("WIN"))
+        decision_id = made.json()["decisions"][0]["id"]
+        assert httpx.get(f"{srv.url}/v1/decisions/{decision_id}").status_code == 200
+        unknown = httpx.get(f"{srv.url}/v1/decisions/01ZZZZZZZZ")
+        assert unknown.status_code == 404
+        assert unknown.json()["error"]["type"] == "not_found_error"
+        shutil.rmtree(tmp_path / "gone")  # the log's disk goes away under the server
+        store.engine.dispose()  # pooled connections are recycled, as they are over time
+        down = httpx.get(f"{srv.url}/v1/decisions/{decision_id}")
+        assert down.status_code == 503, down.text
+        error = down.json()["error"]
+        assert set(error) == {"message", "type", "code"} and error["type"] == "server_error"
+        assert "unable to open database file" in error["message"]
+        assert httpx.get(f"{srv.url}/v1/decisions/01ZZZZZZZZ").status_code == 503
 
 
 def test_graceful_shutdown_finishes_in_flight_work(tmp_path):

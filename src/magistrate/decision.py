@@ -11,10 +11,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from magistrate.backends.base import Usage
+from magistrate.completion import Usage
 from magistrate.verdict import Verdict
+
+if TYPE_CHECKING:
+    from magistrate.item import Item
+    from magistrate.policy import Policy
 
 
 def any_of(flags: Iterable[bool | None]) -> bool | None:
@@ -136,3 +140,18 @@ class Decision:
             "error": self.error,
             "metadata": dict(self.metadata),
         }
+
+
+class Recorder(Protocol):
+    """What the engine records decisions through (`magistrate.store.Recorder` is one).
+
+    The engine depends on this protocol only, so judging never imports a database driver.
+    """
+
+    async def arecord(self, decision: Decision, policy: Policy, item: Item) -> int:
+        """Record one decision under its policy; returns its position in the log.
+
+        Raises:
+            StoreError: The decision was made but not recorded (the message names it).
+        """
+        ...

@@ -1,14 +1,23 @@
 """The engine: Policy + Item -> Prompt -> Backend -> Completion -> Verdict -> Decision.
 
-`Classifier` is the one path that `classify` (CLI and Python), evaluation, batch jobs and the
-server all run. It builds prompts with `prompt.build_prompt`, parses answers with
-`verdict.parse_verdict`, bounds concurrency to what the backend allows, falls back to
-constrained decoding when a free answer does not parse, and turns backend failures into
-decisions with status `error`, never into a "safe" label.
+`Judge` is the one judge every feature runs: `classify` (CLI and Python), evaluation, batch
+jobs and the server. It holds a bundle of one or more policies (a single policy is a bundle
+of one) and answers, for each item, one decision per policy plus the any-policy answer (a
+`Judgement`). `Judge.judge_many` is the only loop in the package that spreads items over a
+backend.
+
+How several policies are judged is the judge's `strategy`:
+- `combined`: one prompt and one call per item (`prompt.build_bundle_prompt`, one answer
+  line per policy; in score mode the label of each policy is read where its line begins).
+- `separate`: one call per policy per item, each policy's prompt built as if it were alone.
+
+Every failure of a backend becomes a decision with status `error` for that item only, never
+a "safe" label; a failed parse in reason mode is retried once under constrained decoding.
 
 Example:
-    >>> clf = Classifier("spam", mode="score")
-    >>> decisions = asyncio.run(clf.classify_many(["Win a prize!", "See you at 6"]))
+    >>> judge = Judge(["hate", "violence"], mode="score")
+    >>> judgement = asyncio.run(judge.judge("some text"))
+    >>> judgement.flagged, [d.verdict.label for d in judgement.decisions]
     >>> decision = classify("Win a FREE iPhone!!!", policy="spam")
 """
 
@@ -16,21 +25,30 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import replace
+import warnings
+import weakref
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
-from magistrate.backends import DEFAULT_MODEL, Backend, Completion, CompletionOptions, get_backend
-from magistrate.backends.base import Usage
-from magistrate.decision import Decision, OnAbstain
-from magistrate.errors import BackendError, BackendTimeout, ConfigError, InputError
+from magistrate.backends import DEFAULT_MODEL, Backend, get_backend
+from magistrate.completion import Completion, CompletionOptions, Usage
+from magistrate.decision import Decision, OnAbstain, Recorder, any_of
+from magistrate.errors import (
+    BackendError,
+    BackendTimeout,
+    ConfigError,
+    ErrorBudgetExceeded,
+    InputError,
+)
 from magistrate.ids import new_ulid
 from magistrate.item import DEFAULT_MAX_CHARS, Item
 from magistrate.policy import Policy, PolicyBundle, load_policy
 from magistrate.prompt import Effort, Mode, Prompt, build_bundle_prompt, build_prompt
-from magistrate.store import Recorder
 from magistrate.verdict import (
     ParseStatus,
     Verdict,
@@ -46,17 +64,200 @@ MAX_TOKENS_BY_EFFORT = {Effort.LOW: 128, Effort.MEDIUM: 256, Effort.HIGH: 512}
 REASONING_MAX_TOKENS_BY_EFFORT = {Effort.LOW: 4096, Effort.MEDIUM: 8192, Effort.HIGH: 16384}
 """Budget for models that reason first (gpt-oss): reasoning cut by the budget leaves no answer."""
 
-DecisionCallback = Callable[[Decision], None]
-_R = TypeVar("_R")
+PolicyLike = Policy | str | Path
+Content = str | bytes | Item
+Cached = Sequence[Decision | None]
+"""What a cache lookup answers for an item: a decision per policy of the judge, in bundle
+order, or None for a policy with nothing cached."""
+Lookup = Callable[[Item], Awaitable[Cached | None]]
+"""An async cache lookup: the cached decisions for an item, or None for a miss."""
 
 
-class _Engine:
-    """What every judge shares: the backend, mode, effort, budgets, timeouts and concurrency."""
+class Strategy(StrEnum):
+    """How a judge with several policies asks the backend."""
+
+    COMBINED = "combined"
+    """One prompt and one call per item, one answer line per policy."""
+    SEPARATE = "separate"
+    """One call per policy per item, each prompt built as if the policy were alone."""
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """One item judged under every policy of a judge: a decision per policy, in bundle order.
+
+    Attributes:
+        item: The checked item.
+        decisions: One decision per policy, in the judge's policy order.
+        cached: Per decision: True when it came from the cache rather than the backend.
+        index: The item's position in the input of `Judge.judge_many` (0 for `judge`).
+    """
+
+    item: Item
+    decisions: tuple[Decision, ...]
+    cached: tuple[bool, ...]
+    index: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """True when every policy reached a verdict."""
+        return all(d.ok for d in self.decisions)
+
+    @property
+    def violation(self) -> bool | None:
+        """The any-policy verdict: True when some policy finds a violation; None when none
+        does and some policy reached no verdict (never a silent "allowed")."""
+        return any_of(d.violation if d.ok else None for d in self.decisions)
+
+    @property
+    def flagged(self) -> bool | None:
+        """What to route by: any policy flags it (abstentions count as `on_abstain` says)."""
+        return any_of(d.flagged for d in self.decisions)
+
+    @property
+    def flagged_by(self) -> tuple[str, ...]:
+        """The ids of the policies that flag the item."""
+        return tuple(d.policy_id for d in self.decisions if d.flagged)
+
+    @property
+    def score(self) -> float | None:
+        """The highest policy score; None when some policy has no score."""
+        scores = [d.verdict.score for d in self.decisions]
+        return None if any(s is None for s in scores) else max(s for s in scores if s is not None)
+
+    @property
+    def from_cache(self) -> bool:
+        """True when no decision of this judgement needed the backend."""
+        return all(self.cached)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON line `classify --json` prints for an item judged under several policies."""
+        return {
+            "item_id": self.item.id,
+            "item_hash": self.item.hash,
+            "flagged": self.flagged,
+            "flagged_by": list(self.flagged_by),
+            "decisions": [d.to_dict() for d in self.decisions],
+        }
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One backend call per item: a single policy, or a bundle answered in one prompt."""
+
+    policies: tuple[Policy, ...]
+    bundle: PolicyBundle | None
+    positions: tuple[int, ...]
+    """Where this call's decisions go in the judge's policy order."""
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """An item of `judge_many` whose calls are running: assembled when they all finish."""
+
+    item: Item
+    index: int
+    cached: Cached
+    calls: tuple[_Call, ...]
+    tasks: tuple[asyncio.Task[tuple[Decision, ...]], ...]
+
+    def judgement(self) -> Judgement:
+        """Cached decisions where a call was not needed, the calls' decisions elsewhere."""
+        decisions: list[Decision | None] = list(self.cached)
+        from_cache = [d is not None for d in decisions]
+        for call, task in zip(self.calls, self.tasks, strict=True):
+            for position, decision in zip(call.positions, task.result(), strict=True):
+                decisions[position] = decision
+                from_cache[position] = False
+        made = tuple(d for d in decisions if d is not None)
+        assert len(made) == len(decisions)
+        return Judgement(self.item, made, tuple(from_cache), self.index)
+
+
+class _ErrorBudget:
+    """Counts items without a verdict; past the limit the run stops (`ErrorBudgetExceeded`)."""
+
+    def __init__(self, limit: float | None) -> None:
+        self.limit = limit
+        self.done = 0
+        self.failed = 0
+
+    def count(self, judgement: Judgement) -> None:
+        self.done += 1
+        self.failed += 0 if judgement.ok else 1
+        if self.limit is None:
+            return
+        over = (
+            self.failed > self.limit
+            if self.limit >= 1
+            else self.done >= 20 and self.failed / self.done > self.limit
+        )
+        if over:
+            raise ErrorBudgetExceeded(
+                f"{self.failed} of {self.done} items got no verdict, past --max-errors "
+                f"{self.limit:g}. Decisions made so far are recorded; fix the cause and run "
+                "again (recorded decisions are reused)."
+            )
+
+
+_gates: weakref.WeakKeyDictionary[Backend, dict[asyncio.AbstractEventLoop, asyncio.Semaphore]]
+_gates = weakref.WeakKeyDictionary()
+
+
+def backend_gate(backend: Backend) -> asyncio.Semaphore:
+    """The one semaphore, per backend and event loop, that bounds calls in flight to it.
+
+    Every judge sharing a backend shares its gate, so two judges (or a server's many
+    requests) never put more calls on a backend than its `max_concurrency`.
+    """
+    loop = asyncio.get_running_loop()
+    per_loop = _gates.setdefault(backend, {})
+    gate = per_loop.get(loop)
+    if gate is None:
+        for stale in [lp for lp in per_loop if lp.is_closed()]:
+            del per_loop[stale]
+        gate = per_loop[loop] = asyncio.Semaphore(max(1, backend.max_concurrency))
+    return gate
+
+
+class Judge:
+    """Judges items under a bundle of one or more policies with one backend.
+
+    Args:
+        policies: A policy (or a path, or a bundled policy name), several of them, or a
+            `PolicyBundle`. A single policy is a bundle of one.
+        model: A `provider/model` string or a ready `Backend`. Backends from model strings
+            belong to the process-wide registry and are shared; a judge never closes one.
+        strategy: With several policies: `combined` (one call per item) or `separate`
+            (one call per policy per item).
+        effort: Reasoning effort (`low`, `medium`, `high`).
+        mode: `reason` (the model writes its answer) or `score` (one label token, scored).
+        max_chars: Size limit for one item's content.
+        timeout_s: Per-call time limit; past it the decision is an error, not a label.
+        fallback: Retry with constrained decoding when a free answer does not parse.
+        calibrated: On backends that expose label scores, choose a single policy's label by
+            its threshold (front matter `threshold`) rather than by the raw most-likely
+            token, in both modes. Combined prompts read thresholds in score mode only.
+        max_tokens: Answer budget; default from the effort.
+        concurrency: Backend calls this judge keeps in flight in `judge_many`; default what
+            the backend allows. Calls are also bounded by the backend's shared gate.
+        on_abstain: What an abstention means for routing (`Decision.flagged`): `error`,
+            `fail-closed` (flag it) or `fail-open`; the verdict stays an abstention either way.
+        recorder: Records every decision made (see `magistrate.store.Recorder`); None
+            records nothing. Recording never changes a verdict; a decision that cannot be
+            recorded raises `StoreError` naming it.
+
+    Raises:
+        ConfigError: An unknown effort, mode or strategy, or a mode the backend cannot do.
+        PolicyError: A policy cannot be read, or two policies share an id.
+    """
 
     def __init__(
         self,
+        policies: PolicyLike | PolicyBundle | Iterable[PolicyLike],
         model: str | Backend = DEFAULT_MODEL,
         *,
+        strategy: Strategy | str = Strategy.COMBINED,
         effort: Effort | str = Effort.MEDIUM,
         mode: Mode | str = Mode.REASON,
         max_chars: int = DEFAULT_MAX_CHARS,
@@ -68,387 +269,364 @@ class _Engine:
         on_abstain: OnAbstain | str = OnAbstain.ERROR,
         recorder: Recorder | None = None,
     ) -> None:
+        self.policies = _load_policies(policies)
+        self.strategy = _enum(Strategy, strategy, "strategy")
         self.effort = _enum(Effort, effort, "effort")
         self.mode = _enum(Mode, mode, "mode")
         self.backend = model if isinstance(model, Backend) else get_backend(model)
-        if self.mode is Mode.SCORE and not self.backend.capabilities.label_scores:
+        caps = self.backend.capabilities
+        if self.mode is Mode.SCORE and not caps.label_scores:
             raise ConfigError(
                 f"Score mode needs label probabilities, which {self.backend.name} cannot give. "
                 "Use --mode reason."
             )
-        self.max_chars = max_chars
-        self.timeout_s = timeout_s
-        self.fallback = fallback and self.backend.capabilities.constrained
-        self.calibrated = calibrated and self.backend.capabilities.label_scores
-        budgets = (
-            REASONING_MAX_TOKENS_BY_EFFORT
-            if self.backend.capabilities.native_reasoning
-            else MAX_TOKENS_BY_EFFORT
-        )
-        self.max_tokens = max_tokens or budgets[self.effort]
-        self.concurrency = max(1, concurrency or self.backend.max_concurrency)
-        self.on_abstain = _enum(OnAbstain, on_abstain, "on_abstain")
-        self.recorder = recorder
-
-    def item(self, content: str | bytes | Item, *, id: str | None = None) -> Item:
-        """A checked item from content (see `Item.of`)."""
-        if isinstance(content, Item):
-            return content
-        return Item.of(content, id=id, max_chars=self.max_chars)
-
-    def _options(self, threshold: float | None, *, constrained: bool = False) -> CompletionOptions:
-        if self.mode is Mode.SCORE:
-            return CompletionOptions(
-                max_tokens=1,
-                constrain_label=True,
-                label_threshold=threshold,
-                timeout_s=self.timeout_s,
-            )
-        return CompletionOptions(
-            max_tokens=self.max_tokens,
-            constrained=constrained,
-            label_threshold=threshold,
-            timeout_s=self.timeout_s,
-        )
-
-    async def _many(
-        self,
-        items: Iterable[str | bytes | Item],
-        judge: Callable[[Item], Awaitable[_R]],
-        on_result: Callable[[_R], None] | None,
-    ) -> list[_R]:
-        """Run `judge` over checked items, `concurrency` at a time, keeping the input order."""
-        checked = [self.item(c) for c in items]
-        gate = asyncio.Semaphore(self.concurrency)
-
-        async def one(item: Item) -> _R:
-            async with gate:
-                result = await judge(item)
-            if on_result is not None:
-                on_result(result)
-            return result
-
-        return list(await asyncio.gather(*(one(item) for item in checked)))
-
-    def _should_fall_back(self, verdicts: Iterable[Verdict]) -> bool:
-        """Retry under the constrained grammar: reason mode, and some answer did not parse."""
-        return self.fallback and self.mode is Mode.REASON and not all(v.ok for v in verdicts)
-
-    async def aclose(self) -> None:
-        """Close the backend (only needed for backends this classifier created)."""
-        await self.backend.aclose()
-
-    async def _complete(self, prompt: Prompt, options: CompletionOptions) -> Completion:
-        if self.timeout_s is None:
-            return await self.backend.complete(prompt, options)
-        try:
-            # The backend enforces timeout_s itself where it can; this is the outer guard.
-            return await asyncio.wait_for(
-                self.backend.complete(prompt, options), timeout=self.timeout_s * 1.5 + 1
-            )
-        except TimeoutError:
-            raise BackendTimeout(
-                f"{self.backend.name} did not answer within {self.timeout_s} s."
-            ) from None
-
-    def _decision(
-        self,
-        policy: Policy,
-        item: Item,
-        verdict: Verdict,
-        options: dict[str, Any],
-        latency_s: float,
-        *,
-        completion: Completion | None = None,
-        usage: Usage | None = None,
-        error: str | None = None,
-    ) -> Decision:
-        return Decision(
-            id=new_ulid(),
-            created_at=datetime.now(UTC),
-            item_id=item.id,
-            item_hash=item.hash,
-            policy_id=policy.id,
-            policy_version=policy.version,
-            policy_hash=policy.hash,
-            backend=self.backend.name,
-            model=completion.model if completion else self.backend.model,
-            effort=self.effort.value,
-            mode=self.mode.value,
-            options={**options, "on_abstain": self.on_abstain.value},
-            verdict=verdict,
-            reasoning=completion.reasoning if completion else None,
-            usage=usage or Usage(),
-            latency_s=latency_s,
-            error=error,
-            metadata=dict(item.metadata),
-        )
-
-
-class Classifier(_Engine):
-    """Judges items under one policy with one backend.
-
-    Args:
-        policy: A `Policy`, a path to a policy file, or a bundled policy name.
-        model: A `provider/model` string or a ready `Backend`.
-        effort: Reasoning effort (`low`, `medium`, `high`).
-        mode: `reason` (the model writes its answer) or `score` (one label token, scored).
-        max_chars: Size limit for one item's content.
-        timeout_s: Per-item time limit; past it the decision is an error, not a label.
-        fallback: Retry with constrained decoding when a free answer does not parse.
-        calibrated: On backends that expose label scores, choose the label by the policy's
-            threshold (front matter `threshold`) rather than by the raw most-likely token, in
-            both modes; the model then writes its rule ids and rationale for that label.
-        max_tokens: Answer budget; default from the effort.
-        concurrency: Items in flight at once; default is what the backend allows.
-        on_abstain: What an abstention means for routing (`Decision.flagged`): `error`,
-            `fail-closed` (flag it) or `fail-open`; the verdict stays an abstention either way.
-        recorder: Records every decision (see `magistrate.store`); None records nothing.
-            Recording never changes a verdict; a decision that cannot be recorded raises
-            `StoreError` naming it.
-    """
-
-    def __init__(
-        self,
-        policy: Policy | str | Path,
-        model: str | Backend = DEFAULT_MODEL,
-        **kwargs: Any,
-    ) -> None:
-        self.policy = policy if isinstance(policy, Policy) else load_policy(policy)
-        super().__init__(model, **kwargs)
-
-    def prompt(self, item: Item) -> Prompt:
-        """The prompt this classifier sends for `item`."""
-        return build_prompt(
-            self.policy,
-            item,
-            effort=self.effort,
-            native_reasoning=self.backend.capabilities.native_reasoning,
-        )
-
-    def options(self, *, constrained: bool = False) -> CompletionOptions:
-        """Completion options for this classifier's mode and effort."""
-        threshold = self.policy.threshold if self.calibrated else None
-        return self._options(threshold, constrained=constrained)
-
-    async def classify(self, content: str | bytes | Item, *, id: str | None = None) -> Decision:
-        """Judge one item. Backend failures come back as decisions with status `error`.
-
-        Raises:
-            InputError: The content cannot be classified (empty, too large, binary).
-            StoreError: The decision was made but could not be recorded.
-        """
-        item = self.item(content, id=id)
-        decision = await self._judge(item)
-        if self.recorder is not None:
-            await self.recorder.arecord(decision, self.policy, item)
-        return decision
-
-    async def _judge(self, item: Item) -> Decision:
-        start = time.perf_counter()
-        prompt = self.prompt(item)
-        options = self.options()
-        try:
-            completion = await self._complete(prompt, options)
-            verdict = self._verdict(completion)
-            usage = completion.usage
-            if self._should_fall_back([verdict]):
-                options = self.options(constrained=True)
-                retry = await self._complete(prompt, options)
-                usage = usage + retry.usage
-                completion, verdict = retry, self._verdict(retry)
-        except (BackendError, InputError) as exc:
-            return self._decision(
-                self.policy,
-                item,
-                failed(ParseStatus.ERROR, detail=str(exc)),
-                options.to_dict(),
-                time.perf_counter() - start,
-                error=str(exc),
-            )
-        return self._decision(
-            self.policy,
-            item,
-            verdict,
-            options.to_dict(),
-            time.perf_counter() - start,
-            completion=completion,
-            usage=usage,
-        )
-
-    async def classify_many(
-        self,
-        items: Iterable[str | bytes | Item],
-        *,
-        on_decision: DecisionCallback | None = None,
-    ) -> list[Decision]:
-        """Judge many items with bounded concurrency; results keep the input order.
-
-        Every item is checked before any is sent, so bad input fails the call up front.
-
-        Args:
-            items: Contents or `Item`s.
-            on_decision: Called as each decision is made (for progress bars).
-        """
-        return await self._many(items, self.classify, on_decision)
-
-    def _verdict(self, completion: Completion) -> Verdict:
-        if self.mode is Mode.SCORE:
-            return verdict_from_scores(completion.label_probs, self.policy)
-        verdict = parse_verdict(
-            completion.text, self.policy, truncated=completion.finish_reason == "length"
-        )
-        return with_scores(verdict, completion.label_probs, self.policy)
-
-
-class CombinedClassifier(_Engine):
-    """Judges items under several policies at once: one prompt and one call per item.
-
-    The "combined" multi-policy strategy: the model reads every policy and answers one label
-    per policy (`build_bundle_prompt`, `parse_bundle_verdict`). Each policy gets its own
-    `Decision`, recorded under that policy; their `options` name the bundle (`bundle`,
-    `bundle_policies`) so they can be told apart from decisions made one policy at a time.
-    Every decision of one call carries that call's whole latency and usage (shared, not
-    split); count it once per item when adding up cost.
-
-    Score mode, on backends that read several labels in one pass (`label_slots`: the
-    embedded llama.cpp backend), reads each policy's label distribution where its answer
-    line begins; each policy's verdict then comes from its own score and front-matter
-    threshold, as when it is judged alone.
-
-    Args:
-        policies: Two or more policies (or paths, or bundled names), in answer order.
-        model: A `provider/model` string or a ready `Backend`.
-        **kwargs: As for `Classifier` (`effort`, `timeout_s`, `fallback`, `on_abstain`, ...).
-
-    Raises:
-        ConfigError: Score mode was asked for on a backend that cannot read label slots.
-        PolicyError: Fewer than two policies, or two with one id.
-    """
-
-    def __init__(
-        self,
-        policies: PolicyBundle | Iterable[Policy | str | Path],
-        model: str | Backend = DEFAULT_MODEL,
-        **kwargs: Any,
-    ) -> None:
-        self.bundle = policies if isinstance(policies, PolicyBundle) else PolicyBundle.of(policies)
-        kwargs["calibrated"] = False
-        super().__init__(model, **kwargs)
-        if self.mode is Mode.SCORE and not self.backend.capabilities.label_slots:
+        self.bundle = PolicyBundle.of(self.policies) if len(self.policies) > 1 else None
+        if self.combined and self.mode is Mode.SCORE and not caps.label_slots:
             raise ConfigError(
                 f"Several policies in one prompt can be scored only where each policy's label "
                 f"can be read in one pass, which {self.backend.name} cannot do. Use --mode "
                 "reason, or judge the policies separately (--strategy separate) for scores."
             )
+        self.max_chars = max_chars
+        self.timeout_s = timeout_s
+        self.fallback = fallback and caps.constrained
+        self.calibrated = calibrated and caps.label_scores
+        budgets = REASONING_MAX_TOKENS_BY_EFFORT if caps.native_reasoning else MAX_TOKENS_BY_EFFORT
+        self.max_tokens = max_tokens or budgets[self.effort]
+        self.concurrency = max(1, concurrency or self.backend.max_concurrency)
+        self.on_abstain = _enum(OnAbstain, on_abstain, "on_abstain")
+        self.recorder = recorder
+        self._calls = self._plan()
 
     @property
-    def policies(self) -> tuple[Policy, ...]:
-        """The bundle's policies, in answer order."""
-        return self.bundle.policies
+    def combined(self) -> bool:
+        """True when several policies share one prompt per item."""
+        return self.bundle is not None and self.strategy is Strategy.COMBINED
 
-    def prompt(self, item: Item) -> Prompt:
-        """The one prompt sent for `item`."""
-        return build_bundle_prompt(
-            self.bundle,
-            item,
-            effort=self.effort,
-            native_reasoning=self.backend.capabilities.native_reasoning,
+    @property
+    def policy(self) -> Policy:
+        """The first policy (the only one, for a judge of one policy)."""
+        return self.policies[0]
+
+    def _plan(self) -> tuple[_Call, ...]:
+        if self.combined:
+            return (_Call(self.policies, self.bundle, tuple(range(len(self.policies)))),)
+        return tuple(_Call((p,), None, (i,)) for i, p in enumerate(self.policies))
+
+    # -- what is sent --------------------------------------------------------------------------
+
+    def item(self, content: Content, *, id: str | None = None) -> Item:
+        """A checked item from content (see `Item.of`)."""
+        if isinstance(content, Item):
+            return content
+        return Item.of(content, id=id, max_chars=self.max_chars)
+
+    def prompt(self, item: Item, policy: Policy | None = None) -> Prompt:
+        """The prompt sent for `item`: the combined prompt, or one policy's own prompt
+        (`policy`, default the first)."""
+        native = self.backend.capabilities.native_reasoning
+        if self.combined and policy is None:
+            assert self.bundle is not None
+            return build_bundle_prompt(
+                self.bundle, item, effort=self.effort, native_reasoning=native
+            )
+        return build_prompt(
+            policy or self.policy, item, effort=self.effort, native_reasoning=native
         )
 
-    def options(self, *, constrained: bool = False) -> CompletionOptions:
-        """Completion options: label slots read in score mode; no label scores in reason mode."""
-        options = self._options(None, constrained=constrained)
-        return options if self.mode is Mode.SCORE else replace(options, scores=False)
+    def options(
+        self, policy: Policy | None = None, *, constrained: bool = False
+    ) -> CompletionOptions:
+        """Completion options for this judge's mode and effort (for one policy's call, or
+        the combined call when `policy` is None on a combined judge)."""
+        combined = self.combined and policy is None
+        threshold = None
+        if not combined and self.calibrated:
+            threshold = (policy or self.policy).threshold
+        if self.mode is Mode.SCORE:
+            options = CompletionOptions(
+                max_tokens=1,
+                constrain_label=True,
+                label_threshold=threshold,
+                timeout_s=self.timeout_s,
+            )
+        else:
+            options = CompletionOptions(
+                max_tokens=self.max_tokens,
+                constrained=constrained,
+                label_threshold=threshold,
+                timeout_s=self.timeout_s,
+            )
+        return replace(options, scores=False) if combined and self.mode is Mode.REASON else options
 
-    def decision_options(self, *, constrained: bool = False) -> dict[str, Any]:
-        """What a decision made in a combined call records as its options."""
-        return {
-            **self.options(constrained=constrained).to_dict(),
-            "bundle": self.bundle.hash,
-            "bundle_policies": list(self.bundle.ids),
-        }
+    def decision_options(
+        self, policy: Policy | None = None, *, constrained: bool = False
+    ) -> dict[str, Any]:
+        """What a decision records as its options: the call's completion options, the
+        bundle for a combined call, and `on_abstain`. The decision-log cache matches on it."""
+        out = self.options(policy, constrained=constrained).to_dict()
+        if self.combined and self.bundle is not None:
+            out["bundle"] = self.bundle.hash
+            out["bundle_policies"] = list(self.bundle.ids)
+        out["on_abstain"] = self.on_abstain.value
+        return out
 
-    async def classify(
-        self, content: str | bytes | Item, *, id: str | None = None
-    ) -> tuple[Decision, ...]:
-        """Judge one item under every policy; one decision per policy, in bundle order.
+    # -- judging -------------------------------------------------------------------------------
+
+    async def judge(self, content: Content, *, id: str | None = None) -> Judgement:
+        """Judge one item under every policy; backend failures come back as `error` decisions.
 
         Raises:
             InputError: The content cannot be classified (empty, too large, binary).
             StoreError: A decision was made but could not be recorded.
         """
-        item = self.item(content, id=id)
-        decisions = await self._judge(item)
-        if self.recorder is not None:
-            for decision, policy in zip(decisions, self.policies, strict=True):
-                await self.recorder.arecord(decision, policy, item)
-        return decisions
+        return (await judge_all(self, [self.item(content, id=id)]))[0]
 
-    async def classify_many(
+    async def judge_many(
         self,
-        items: Iterable[str | bytes | Item],
+        items: Iterable[Content] | AsyncIterable[Content],
         *,
-        on_result: Callable[[tuple[Decision, ...]], None] | None = None,
-    ) -> list[tuple[Decision, ...]]:
-        """Judge many items, one call each, with bounded concurrency; input order kept.
+        lookup: Lookup | None = None,
+        max_errors: float | None = None,
+        on_result: Callable[[Judgement], None] | None = None,
+    ) -> AsyncIterator[Judgement]:
+        """Judge a stream of items, yielding one `Judgement` per item in input order.
 
-        Every item is checked before any is sent, so bad input fails the call up front.
+        This is the package's only fan-out. Items are read lazily (an iterable or async
+        iterable of any length is never materialised): at most `concurrency` backend calls
+        of this judge are in flight, and each call also waits on its backend's shared gate.
 
         Args:
-            items: Contents or `Item`s.
-            on_result: Called with an item's decisions as they are made (progress bars).
-        """
-        return await self._many(items, self.classify, on_result)
+            items: Contents or `Item`s, checked as they are read.
+            lookup: Consulted for every item before any call: cached decisions (one per
+                policy, None where a policy has nothing cached). Only the calls of policies
+                without a cached decision are made; cached decisions are not recorded again.
+            max_errors: Error budget: stop when more items than this got no verdict, a count
+                (>= 1) or a fraction of the items done (< 1, checked from 20 items on).
+            on_result: Called with each judgement just before it is yielded.
 
-    async def _judge(self, item: Item) -> tuple[Decision, ...]:
+        Cancellation: when the consumer stops iterating (closes the generator, e.g. with
+        `contextlib.aclosing`), or an error stops the run (a bad item: `InputError`; a
+        decision that cannot be recorded: `StoreError`; the error budget:
+        `ErrorBudgetExceeded`), every call still in flight is cancelled and awaited before
+        the generator returns or the error propagates. Decisions already recorded stay
+        recorded; items not yet yielded are not judged.
+
+        Raises:
+            InputError: An item cannot be classified.
+            StoreError: A decision was made but not recorded.
+            ErrorBudgetExceeded: More items than `max_errors` got no verdict.
+        """
+        budget = _ErrorBudget(max_errors)
+        pending: deque[_Pending] = deque()
+        running: set[asyncio.Task[tuple[Decision, ...]]] = set()
+        read_ahead = 2 * self.concurrency + 8
+        source = _aiter(items).__aiter__()
+        exhausted = False
+        try:
+            while True:
+                while (
+                    not exhausted
+                    and len(running) < self.concurrency
+                    and (len(pending) < read_ahead)
+                ):
+                    try:
+                        content = await anext(source)
+                    except StopAsyncIteration:
+                        exhausted = True
+                        break
+                    pending.append(await self._start(content, len(pending) + budget.done, lookup))
+                    for task in pending[-1].tasks:
+                        running.add(task)
+                        task.add_done_callback(running.discard)
+                if not pending:
+                    return
+                if not all(task.done() for task in pending[0].tasks):
+                    unfinished = [t for p in pending for t in p.tasks if not t.done()]
+                    await asyncio.wait(unfinished, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                judgement = pending.popleft().judgement()
+                budget.count(judgement)
+                if on_result is not None:
+                    on_result(judgement)
+                yield judgement
+        finally:
+            stranded = [task for p in pending for task in p.tasks]
+            for task in stranded:
+                task.cancel()
+            await asyncio.gather(*stranded, return_exceptions=True)
+
+    async def _start(self, content: Content, index: int, lookup: Lookup | None) -> _Pending:
+        """Check an item, consult the cache, and start the calls its misses need."""
+        item = self.item(content)
+        cached = await self._cached(item, lookup)
+        calls = self._needed(cached)
+        tasks = [asyncio.create_task(self._call(call, item)) for call in calls]
+        return _Pending(item, index, cached, tuple(calls), tuple(tasks))
+
+    def calls_needed(self, cached: Cached | None = None) -> int:
+        """How many backend calls an item needs, given what the cache holds for it."""
+        return len(self._needed(cached or (None,) * len(self.policies)))
+
+    def _needed(self, cached: Cached) -> list[_Call]:
+        return [c for c in self._calls if any(cached[i] is None for i in c.positions)]
+
+    async def _cached(self, item: Item, lookup: Lookup | None) -> Cached:
+        found = await lookup(item) if lookup is not None else None
+        if found is None:
+            return (None,) * len(self.policies)
+        if len(found) != len(self.policies):
+            raise ConfigError(
+                f"A cache lookup answered {len(found)} decisions for a judge of "
+                f"{len(self.policies)} policies; answer one per policy (None for a miss)."
+            )
+        return tuple(found)
+
+    async def _call(self, call: _Call, item: Item) -> tuple[Decision, ...]:
+        """One backend call (with its constrained retry) -> one decision per policy, recorded."""
         start = time.perf_counter()
-        prompt = self.prompt(item)
+        policy = None if call.bundle is not None else call.policies[0]
+        prompt = self.prompt(item, policy)
+        options = self.options(policy)
         constrained = False
         try:
-            completion = await self._complete(prompt, self.options())
-            verdicts = self._verdicts(completion)
+            completion = await self._complete(prompt, options)
+            verdicts = self._verdicts(call, completion)
             usage = completion.usage
-            if self._should_fall_back(verdicts):
+            if self.fallback and self.mode is Mode.REASON and not all(v.ok for v in verdicts):
                 constrained = True
-                retry = await self._complete(prompt, self.options(constrained=True))
+                retry = await self._complete(prompt, self.options(policy, constrained=True))
                 usage = usage + retry.usage
-                completion, verdicts = retry, self._verdicts(retry)
+                completion, verdicts = retry, self._verdicts(call, retry)
         except (BackendError, InputError) as exc:
             error = failed(ParseStatus.ERROR, detail=str(exc))
             elapsed = time.perf_counter() - start
-            return tuple(
-                self._decision(p, item, error, self.decision_options(), elapsed, error=str(exc))
-                for p in self.policies
+            return await self._made(
+                call, item, [error] * len(call.policies), elapsed, constrained, error=str(exc)
             )
         elapsed = time.perf_counter() - start
-        options = self.decision_options(constrained=constrained)
-        return tuple(
-            self._decision(p, item, v, options, elapsed, completion=completion, usage=usage)
-            for p, v in zip(self.policies, verdicts, strict=True)
+        return await self._made(
+            call, item, verdicts, elapsed, constrained, completion=completion, usage=usage
         )
 
-    def _verdicts(self, completion: Completion) -> tuple[Verdict, ...]:
+    async def _made(
+        self,
+        call: _Call,
+        item: Item,
+        verdicts: Sequence[Verdict],
+        latency_s: float,
+        constrained: bool,
+        *,
+        completion: Completion | None = None,
+        usage: Usage | None = None,
+        error: str | None = None,
+    ) -> tuple[Decision, ...]:
+        """The decisions of one call (a combined call's share its latency and usage), each
+        recorded under its own policy before it is returned."""
+        policy_of_call = None if call.bundle is not None else call.policies[0]
+        options = self.decision_options(policy_of_call, constrained=constrained)
+        decisions = tuple(
+            Decision(
+                id=new_ulid(),
+                created_at=datetime.now(UTC),
+                item_id=item.id,
+                item_hash=item.hash,
+                policy_id=policy.id,
+                policy_version=policy.version,
+                policy_hash=policy.hash,
+                backend=self.backend.name,
+                model=completion.model if completion else self.backend.model,
+                effort=self.effort.value,
+                mode=self.mode.value,
+                options=options,
+                verdict=verdict,
+                reasoning=completion.reasoning if completion else None,
+                usage=usage or Usage(),
+                latency_s=latency_s,
+                error=error,
+                metadata=dict(item.metadata),
+            )
+            for policy, verdict in zip(call.policies, verdicts, strict=True)
+        )
+        if self.recorder is not None:
+            for decision, policy in zip(decisions, call.policies, strict=True):
+                await self.recorder.arecord(decision, policy, item)
+        return decisions
+
+    async def _complete(self, prompt: Prompt, options: CompletionOptions) -> Completion:
+        async with backend_gate(self.backend):
+            if self.timeout_s is None:
+                return await self.backend.complete(prompt, options)
+            try:
+                # The backend enforces timeout_s itself where it can; this is the outer guard.
+                return await asyncio.wait_for(
+                    self.backend.complete(prompt, options), timeout=self.timeout_s * 1.5 + 1
+                )
+            except TimeoutError:
+                raise BackendTimeout(
+                    f"{self.backend.name} did not answer within {self.timeout_s} s."
+                ) from None
+
+    def _verdicts(self, call: _Call, completion: Completion) -> tuple[Verdict, ...]:
+        truncated = completion.finish_reason == "length"
+        if call.bundle is None:
+            policy = call.policies[0]
+            if self.mode is Mode.SCORE:
+                return (verdict_from_scores(completion.label_probs, policy),)
+            verdict = parse_verdict(completion.text, policy, truncated=truncated)
+            return (with_scores(verdict, completion.label_probs, policy),)
         if self.mode is Mode.SCORE:
             slots = completion.slot_probs or ()
-            if len(slots) != len(self.policies):
+            if len(slots) != len(call.policies):
                 return tuple(
                     failed(ParseStatus.NO_FINAL_ANSWER, detail="the backend read no label slots")
-                    for _ in self.policies
+                    for _ in call.policies
                 )
             return tuple(
                 replace(verdict_from_scores(probs, policy), answer=completion.text)
-                for probs, policy in zip(slots, self.policies, strict=True)
+                for probs, policy in zip(slots, call.policies, strict=True)
             )
-        return parse_bundle_verdict(
-            completion.text, self.bundle, truncated=completion.finish_reason == "length"
-        )
+        return parse_bundle_verdict(completion.text, call.bundle, truncated=truncated)
+
+    async def aclose(self) -> None:
+        """Nothing to release: backends belong to whoever made them (the registry for model
+        strings), so closing a judge never closes a backend that others share."""
+        return None
+
+
+async def _aiter(items: Iterable[Content] | AsyncIterable[Content]) -> AsyncIterator[Content]:
+    if isinstance(items, AsyncIterable):
+        async for content in items:
+            yield content
+    else:
+        for content in items:
+            yield content
+
+
+def _load_policies(
+    policies: PolicyLike | PolicyBundle | Iterable[PolicyLike],
+) -> tuple[Policy, ...]:
+    if isinstance(policies, PolicyBundle):
+        return policies.policies
+    if isinstance(policies, Policy | str | Path):
+        policies = [policies]
+    loaded = tuple(p if isinstance(p, Policy) else load_policy(p) for p in policies)
+    if not loaded:
+        raise ConfigError("A judge needs at least one policy.")
+    return loaded
+
+
+async def judge_all(
+    judge: Judge, items: Iterable[Content] | AsyncIterable[Content], **kwargs: Any
+) -> list[Judgement]:
+    """Every judgement of `judge.judge_many(items, **kwargs)`, in input order."""
+    return [judgement async for judgement in judge.judge_many(items, **kwargs)]
 
 
 def classify(
-    content: str | bytes | Item,
+    content: Content,
     *,
-    policy: Policy | str | Path,
+    policy: PolicyLike,
     model: str | Backend = DEFAULT_MODEL,
     effort: Effort | str = Effort.MEDIUM,
     mode: Mode | str = Mode.REASON,
@@ -464,11 +642,81 @@ def classify(
         InputError: The content cannot be classified.
         PolicyError: The policy cannot be read.
     """
-    classifier = Classifier(policy, model, effort=effort, mode=mode, **kwargs)
-    return asyncio.run(classifier.classify(content))
+    judge = Judge(policy, model, effort=effort, mode=mode, **kwargs)
+    return asyncio.run(judge.judge(content)).decisions[0]
 
 
-_E = TypeVar("_E", Effort, Mode, OnAbstain)
+class Classifier(Judge):
+    """Deprecated: use `Judge` (a judge of one policy), whose `judge` returns a `Judgement`."""
+
+    def __init__(
+        self, policy: PolicyLike, model: str | Backend = DEFAULT_MODEL, **kwargs: Any
+    ) -> None:
+        warnings.warn(
+            "magistrate.Classifier is deprecated; use magistrate.Judge (judge / judge_many).",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        super().__init__(policy, model, **kwargs)
+
+    async def classify(self, content: Content, *, id: str | None = None) -> Decision:
+        """Judge one item; its one decision."""
+        return (await self.judge(content, id=id)).decisions[0]
+
+    async def classify_many(
+        self,
+        items: Iterable[Content],
+        *,
+        on_decision: Callable[[Decision], None] | None = None,
+    ) -> list[Decision]:
+        """Judge many items; one decision each, in input order."""
+
+        def each(judgement: Judgement) -> None:
+            if on_decision is not None:
+                on_decision(judgement.decisions[0])
+
+        return [j.decisions[0] for j in await judge_all(self, items, on_result=each)]
+
+
+class CombinedClassifier(Judge):
+    """Deprecated: use `Judge` with several policies (strategy `combined`, the default)."""
+
+    def __init__(
+        self,
+        policies: PolicyBundle | Iterable[PolicyLike],
+        model: str | Backend = DEFAULT_MODEL,
+        **kwargs: Any,
+    ) -> None:
+        warnings.warn(
+            "magistrate.CombinedClassifier is deprecated; use magistrate.Judge with several "
+            "policies.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        kwargs["calibrated"] = False
+        bundle = policies if isinstance(policies, PolicyBundle) else PolicyBundle.of(policies)
+        super().__init__(bundle, model, strategy=Strategy.COMBINED, **kwargs)
+
+    async def classify(self, content: Content, *, id: str | None = None) -> tuple[Decision, ...]:
+        """Judge one item; one decision per policy, in bundle order."""
+        return (await self.judge(content, id=id)).decisions
+
+    async def classify_many(
+        self,
+        items: Iterable[Content],
+        *,
+        on_result: Callable[[tuple[Decision, ...]], None] | None = None,
+    ) -> list[tuple[Decision, ...]]:
+        """Judge many items; each item's decisions, in input order."""
+
+        def each(judgement: Judgement) -> None:
+            if on_result is not None:
+                on_result(judgement.decisions)
+
+        return [j.decisions for j in await judge_all(self, items, on_result=each)]
+
+
+_E = TypeVar("_E", Effort, Mode, OnAbstain, Strategy)
 
 
 def _enum(kind: type[_E], value: _E | str, what: str) -> _E:
@@ -477,3 +725,16 @@ def _enum(kind: type[_E], value: _E | str, what: str) -> _E:
     except ValueError:
         allowed = ", ".join(m.value for m in kind)
         raise ConfigError(f"Unknown {what} {value!r}; use one of {allowed}.") from None
+
+
+__all__ = [
+    "Classifier",
+    "CombinedClassifier",
+    "Judge",
+    "Judgement",
+    "Lookup",
+    "Strategy",
+    "backend_gate",
+    "classify",
+    "judge_all",
+]

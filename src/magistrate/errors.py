@@ -1,12 +1,18 @@
-"""Magistrate's exceptions, in one small hierarchy.
+"""Magistrate's exceptions, in one small hierarchy, and the HTTP status each maps to.
 
     MagistrateError            anything Magistrate raises on purpose (CLI exit code 1)
     ├── ConfigError            a setting, flag or model string that cannot work
     ├── InputError             content to classify that cannot be used (empty, huge, binary)
+    │   └── TooLarge           more items or judgements than one request may carry
     ├── PolicyError            a policy file that cannot be read or parsed
     ├── ModelError             a model file that is missing, not GGUF, or fails its hash
     ├── MissingDependency      an optional package is not installed (message names the install)
+    ├── NotFound               no such policy, version, decision, run or key
+    ├── Forbidden              the caller's key lacks the scope, or the feature is off
+    ├── Overloaded             the queue in front of the backend is full (retry later)
+    ├── ErrorBudgetExceeded    too many items of one run got no verdict (`--max-errors`)
     ├── StoreError             the decision log cannot be opened, read or written
+    │   └── StoreUnavailable   the database cannot be reached (outage, locked, disk gone)
     └── BackendError           the backend failed while producing a completion
         ├── BackendUnavailable the backend cannot be reached or loaded (after retries)
         ├── BackendTimeout     the backend did not answer in time
@@ -14,11 +20,21 @@
         ├── BackendRejected    the server refused the request (HTTP 4xx other than 429)
         └── MalformedHarmony   a gpt-oss completion whose channel structure is broken
 
+"Not found" and "unavailable" are different answers: a missing row is `NotFound` (404), a
+database that cannot be reached is `StoreUnavailable` (503), so an outage never reads as
+"there is no such decision".
+
 Messages say what happened and how to fix it, in one paragraph. They name ids, hashes and
 paths, never the content being classified.
+
+Example:
+    >>> http_status(NotFound("no such decision"))
+    HttpError(status=404, type='not_found_error', code=None)
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 
 class MagistrateError(Exception):
@@ -33,6 +49,10 @@ class InputError(MagistrateError):
     """Content to classify that cannot be used as it is."""
 
 
+class TooLarge(InputError):
+    """More items, policies or bytes than one request may carry; split it."""
+
+
 class PolicyError(MagistrateError):
     """A policy file that cannot be read or parsed."""
 
@@ -45,8 +65,39 @@ class MissingDependency(MagistrateError):
     """An optional dependency is not installed; the message names the install command."""
 
 
+class NotFound(MagistrateError):
+    """No such policy, policy version, decision, eval run or API key."""
+
+
+class Forbidden(MagistrateError):
+    """The caller's key lacks the scope, or the server has the feature turned off."""
+
+
+class Overloaded(MagistrateError):
+    """The queue in front of the backend is full; try again after `retry_after` seconds.
+
+    Attributes:
+        retry_after: Whole seconds until there is likely room (at least 1).
+    """
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, retry_after)
+
+
+class ErrorBudgetExceeded(MagistrateError):
+    """More items than the run's error budget got no verdict (`--max-errors`).
+
+    Decisions made before the run stopped are recorded; a re-run reuses them.
+    """
+
+
 class StoreError(MagistrateError):
     """The decision log cannot be opened, read or written."""
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached or answered with an operational error."""
 
 
 class BackendError(MagistrateError):
@@ -71,3 +122,42 @@ class BackendRejected(BackendError):
 
 class MalformedHarmony(BackendError):
     """A gpt-oss completion whose harmony structure cannot be read (bad channel header)."""
+
+
+class HttpError(NamedTuple):
+    """How the service answers an error: status code and OpenAI-style `type` and `code`."""
+
+    status: int
+    type: str
+    code: str | None = None
+
+
+_HTTP: tuple[tuple[type[MagistrateError], HttpError], ...] = (
+    # Most specific first: the first class the error is an instance of wins.
+    (TooLarge, HttpError(413, "invalid_request_error", "too_large")),
+    (NotFound, HttpError(404, "not_found_error")),
+    (Forbidden, HttpError(403, "permission_error")),
+    (Overloaded, HttpError(429, "rate_limit_error", "queue_full")),
+    (InputError, HttpError(422, "invalid_request_error")),
+    (PolicyError, HttpError(422, "invalid_request_error")),
+    (ConfigError, HttpError(422, "invalid_request_error")),
+    (StoreError, HttpError(503, "server_error", "store_unavailable")),
+    (BackendError, HttpError(503, "server_error", "backend_unavailable")),
+)
+
+
+def http_status(exc: BaseException) -> HttpError:
+    """The HTTP answer for an error: the one table every route's errors go through.
+
+    Anything not in the table (including errors Magistrate did not raise on purpose) is a
+    500 `server_error`.
+    """
+    for kind, answer in _HTTP:
+        if isinstance(exc, kind):
+            return answer
+    return HttpError(500, "server_error")
+
+
+EvalAborted = ErrorBudgetExceeded
+"""Deprecated name of `ErrorBudgetExceeded` (eval runs raised it before every caller shared
+one error budget)."""

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from magistrate.backends.base import Completion, Usage
+from magistrate.completion import Completion, Usage
 from magistrate.errors import MalformedHarmony, MissingDependency, ModelError
 
 START, END, MESSAGE, CHANNEL = "<|start|>", "<|end|>", "<|message|>", "<|channel|>"

@@ -6,9 +6,8 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -17,15 +16,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from magistrate.backends import DEFAULT_MODEL, backend_for
 from magistrate.cli.app import EXIT_NO_VERDICT, app, err_console, out_console
 from magistrate.cli.options import BaseUrlOption, DatabaseOption, EndpointOption, ModelOption
-from magistrate.decision import Decision, OnAbstain, any_of
-from magistrate.engine import Classifier, CombinedClassifier
+from magistrate.decision import Decision, OnAbstain
+from magistrate.engine import Judge, Judgement, judge_all
 from magistrate.errors import InputError
 from magistrate.item import DEFAULT_MAX_CHARS, Item, decode_content, parse_jsonl
 from magistrate.policy import Policy
 from magistrate.prompt import Effort, Mode
 from magistrate.store import Recorder, Store
-
-_T = TypeVar("_T")
 
 
 @app.command()
@@ -118,21 +115,14 @@ def classify(
     }
     backend = backend_for(model, base_url=base_url, endpoint=endpoint)
     started = time.perf_counter()
-    if len(policy) == 1:
-        classifier = Classifier(policy[0], backend, calibrated=calibrate, **settings)
-        results: list[tuple[Decision, ...]] = [(d,) for d in _run(classifier, items, as_json)]
-        first = classifier.policy
-    else:
-        combined = CombinedClassifier(policy, backend, **settings)
-        results = _run_combined(combined, items, as_json)
-        first = combined.policies[0]
+    judge = Judge(policy, backend, calibrated=calibrate, **settings)
+    results = _judge_all(judge, items, as_json)
     elapsed = time.perf_counter() - started
     if store is not None:
         store.close()
     if len(items) > 1:
-        verdicts = [any_of(d.violation for d in r) for r in results]
-        _summary(verdicts, items, first, elapsed, store)
-    if any(d.flagged is None for r in results for d in r):
+        _summary([j.violation for j in results], items, judge.policy, elapsed, store)
+    if any(d.flagged is None for j in results for d in j.decisions):
         raise typer.Exit(EXIT_NO_VERDICT)
 
 
@@ -167,66 +157,34 @@ def _read_file(path: Path, max_chars: int) -> list[Item]:
     return items
 
 
-def _run(classifier: Classifier, items: list[Item], as_json: bool) -> list[Decision]:
-    def show(decision: Decision) -> None:
+def _show(judgement: Judgement, as_json: bool) -> None:
+    """Print an item's verdict as it comes: one line per policy, and with several policies
+    the any-policy answer; reasoning dimmed on stderr."""
+    decisions = judgement.decisions
+    if len(decisions) == 1:
         if as_json:
-            out_console.out(json.dumps(decision.to_dict(), ensure_ascii=False), highlight=False)
+            out_console.out(json.dumps(decisions[0].to_dict(), ensure_ascii=False), highlight=False)
         else:
-            out_console.print(format_decision(decision))
-            if decision.reasoning:
-                err_console.print(f"[dim]{escape(decision.reasoning)}[/dim]")
-
-    return _judge_all(
-        items,
-        show,
-        classifier.classify,
-        lambda advance: classifier.classify_many(items, on_decision=advance),
-    )
-
-
-def _run_combined(
-    combined: CombinedClassifier, items: list[Item], as_json: bool
-) -> list[tuple[Decision, ...]]:
-    def show(decisions: tuple[Decision, ...]) -> None:
-        flagged = any_of(d.flagged for d in decisions)
-        if as_json:
-            row = {
-                "item_id": decisions[0].item_id,
-                "item_hash": decisions[0].item_hash,
-                "flagged": flagged,
-                "flagged_by": [d.policy_id for d in decisions if d.flagged],
-                "decisions": [d.to_dict() for d in decisions],
-            }
-            out_console.out(json.dumps(row, ensure_ascii=False), highlight=False)
-            return
+            out_console.print(format_decision(decisions[0]))
+    elif as_json:
+        out_console.out(json.dumps(judgement.to_dict(), ensure_ascii=False), highlight=False)
+    else:
         for d in decisions:
             out_console.print(f"[cyan]{escape(d.policy_id)}[/]  " + format_decision(d))
         word = {True: "[bold red]FLAGGED[/]", False: "[bold green]OK[/]", None: "NO ANSWER"}
-        by = ", ".join(d.policy_id for d in decisions if d.flagged)
-        out_console.print(f"  -> {word[flagged]}" + (f" by {escape(by)}" if by else ""))
-        if decisions[0].reasoning:
-            err_console.print(f"[dim]{escape(decisions[0].reasoning)}[/dim]")
-
-    return _judge_all(
-        items,
-        show,
-        combined.classify,
-        lambda advance: combined.classify_many(items, on_result=advance),
-    )
+        by = ", ".join(judgement.flagged_by)
+        out_console.print(f"  -> {word[judgement.flagged]}" + (f" by {escape(by)}" if by else ""))
+    if decisions[0].reasoning and (len(decisions) == 1 or not as_json):
+        err_console.print(f"[dim]{escape(decisions[0].reasoning)}[/dim]")
 
 
-def _judge_all(
-    items: list[Item],
-    show: Callable[[_T], None],
-    one: Callable[[Item], Awaitable[_T]],
-    many: Callable[[Callable[[_T], None]], Awaitable[list[_T]]],
-) -> list[_T]:
-    """Judge one item plainly, or many under a progress bar on stderr, showing each result
-    as it comes (`many` gets the callback to call per result)."""
+def _judge_all(judge: Judge, items: list[Item], as_json: bool) -> list[Judgement]:
+    """Judge the items through `judge_many`, showing each result as it comes; with more than
+    one item, under a progress bar on stderr."""
     if len(items) == 1:
-        result = asyncio.run(_await(one(items[0])))
-        show(result)
-        return [result]
+        result = asyncio.run(judge_all(judge, items))
+        _show(result[0], as_json)
+        return result
     columns = (
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
@@ -236,15 +194,11 @@ def _judge_all(
     with Progress(*columns, console=err_console, transient=True) as progress:
         task = progress.add_task("classifying", total=len(items))
 
-        def advance(result: _T) -> None:
-            show(result)
+        def advance(judgement: Judgement) -> None:
+            _show(judgement, as_json)
             progress.advance(task)
 
-        return asyncio.run(_await(many(advance)))
-
-
-async def _await(pending: Awaitable[_T]) -> _T:
-    return await pending
+        return asyncio.run(judge_all(judge, items, on_result=advance))
 
 
 def format_decision(decision: Decision) -> str:

@@ -16,22 +16,15 @@ from rich.table import Table
 from magistrate.backends import DEFAULT_MODEL, backend_for
 from magistrate.cli.app import app, err_console, out_console
 from magistrate.cli.options import BaseUrlOption, DatabaseOption, EndpointOption, ModelOption
-from magistrate.decision import OnAbstain
-from magistrate.engine import Classifier, CombinedClassifier
+from magistrate.decision import Decision, OnAbstain
+from magistrate.engine import Judge, Judgement
 from magistrate.errors import ConfigError
 from magistrate.evaluate.compare import compare as compare_results
 from magistrate.evaluate.compare import load_result
-from magistrate.evaluate.datasets import DATA_DIR_ENV, Columns, load_dataset
+from magistrate.evaluate.datasets import DATA_DIR_ENV, Columns, Dataset, load_dataset
 from magistrate.evaluate.report_html import render_compare_html, render_html
 from magistrate.evaluate.report_table import published_rows, table_rows
-from magistrate.evaluate.runner import (
-    EvalResult,
-    ItemResult,
-    MultiEvalResult,
-    run_combined_eval,
-    run_eval,
-    run_multi_eval,
-)
+from magistrate.evaluate.runner import EvalResult, EvalRun, MultiEvalResult, evaluate
 from magistrate.prompt import Effort, Mode
 from magistrate.store import Store
 
@@ -176,47 +169,29 @@ def run(
     store = Store(database)
     backend = backend_for(model, base_url=base_url, endpoint=endpoint)
     output.mkdir(parents=True, exist_ok=True)
+    settings: dict[str, Any] = {
+        "mode": mode,
+        "effort": effort,
+        "timeout_s": timeout,
+        "on_abstain": on_abstain,
+    }
+    plans: list[list[Judge]] = []
+    if len(policy) == 1 or strategy is not Strategy.COMBINED:
+        plans.append([Judge(p, backend, calibrated=calibrate, **settings) for p in policy])
+    if len(policy) > 1 and strategy is not Strategy.SEPARATE:
+        plans.append([Judge(policy, backend, strategy="combined", **settings)])
+    try:
+        runs = [
+            _evaluate(data, judges, store, cache, max_errors, threshold_split, seed)
+            for judges in plans
+        ]
+    finally:
+        store.close()
     if len(policy) > 1:
-        engine_args: dict[str, Any] = {
-            "effort": effort,
-            "timeout_s": timeout,
-            "on_abstain": on_abstain,
-        }
-        runs: list[tuple[str, Any]] = []
-        if strategy is not Strategy.COMBINED:
-            runs.append(
-                (
-                    "separate",
-                    [
-                        Classifier(p, backend, mode=mode, calibrated=calibrate, **engine_args)
-                        for p in policy
-                    ],
-                )
-            )
-        if strategy is not Strategy.SEPARATE:
-            runs.append(("combined", CombinedClassifier(policy, backend, mode=mode, **engine_args)))
-        try:
-            _multi(data, runs, store, cache, seed, output, as_json, max_errors, threshold_split)
-        finally:
-            store.close()
+        _report_multi([r.multi for r in runs if r.multi is not None], output, as_json)
         return
-    classifiers = [
-        Classifier(
-            p,
-            backend,
-            mode=mode,
-            effort=effort,
-            calibrated=calibrate,
-            timeout_s=timeout,
-            on_abstain=on_abstain,
-        )
-        for p in policy
-    ]
-    result = _run_with_progress(
-        data, classifiers[0], store, cache, max_errors, threshold_split, seed
-    )
+    result = runs[0].runs[0]
     path = _write_result(result, output)
-    store.close()
     if as_json:
         metrics = {k: v for k, v in result.metrics.items() if k != "pr_curve"}
         out_console.out(
@@ -230,69 +205,93 @@ def run(
         _print_summary(result, path)
 
 
+def _evaluate(
+    data: Dataset,
+    judges: list[Judge],
+    store: Store,
+    cache: bool,
+    max_errors: float | None,
+    threshold_split: float | None,
+    seed: int,
+) -> EvalRun:
+    """`evaluate` under a progress bar on stderr (running P/R/F1 for a single policy)."""
+    policies = sum(len(j.policies) for j in judges)
+    if policies == 1:
+        what = f"eval {data.name}"
+    else:
+        how = "combined" if judges[0].combined else "separate"
+        what = f"{policies} policies x {len(data)} items ({how})"
+    gold = {e.id: e.gold for e in data.examples}
+    tally = {"tp": 0, "fp": 0, "fn": 0, "tn": 0, "abstained": 0}
+    columns = (
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[stats]}"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=err_console, transient=True) as progress:
+        task = progress.add_task(what, total=len(data) * len(judges), stats="")
+
+        def advance(judgement: Judgement) -> None:
+            stats = ""
+            if policies == 1:
+                _tally(tally, gold.get(judgement.item.id or ""), judgement.decisions[0])
+                stats = _running_stats(tally)
+            progress.update(task, advance=1, stats=stats)
+
+        return asyncio.run(
+            evaluate(
+                data,
+                judges,
+                store=store,
+                use_cache=cache,
+                max_errors=max_errors,
+                threshold_split=threshold_split,
+                seed=seed,
+                on_result=advance,
+            )
+        )
+
+
+def _tally(counts: dict[str, int], gold: bool | None, decision: Decision) -> None:
+    pred = decision.violation if decision.ok else None
+    if pred is None:
+        counts["abstained"] += 1
+    elif gold is not None:
+        counts["tp" if pred and gold else "fp" if pred else "fn" if gold else "tn"] += 1
+
+
+def _running_stats(c: dict[str, int]) -> str:
+    p = c["tp"] / (c["tp"] + c["fp"]) if c["tp"] + c["fp"] else 0.0
+    r = c["tp"] / (c["tp"] + c["fn"]) if c["tp"] + c["fn"] else 0.0
+    f1 = 2 * p * r / (p + r) if p + r else 0.0
+    return f"P {p:.2f} R {r:.2f} F1 {f1:.3f} abstain {c['abstained']}"
+
+
 def _write_result(result: EvalResult, output: Path) -> Path:
     path = output / f"{result.id}.json"
-    partial = path.with_suffix(".json.partial")
     payload = result.to_dict()
-    partial.write_text(json.dumps(payload, ensure_ascii=False, indent=1), "utf-8")
-    partial.replace(path)
+    _write_json(path, payload)
     _write_html(payload, path.with_suffix(".html"))
     return path
 
 
-def _multi(
-    data: Any,
-    runs: list[tuple[str, Any]],
-    store: Store,
-    cache: bool,
-    seed: int,
-    output: Path,
-    as_json: bool,
-    max_errors: float | None,
-    threshold_split: float | None,
-) -> None:
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
-    results: list[MultiEvalResult] = []
-    for strategy, engine in runs:
-        n_policies = len(engine) if isinstance(engine, list) else len(engine.policies)
-        with Progress(*columns, console=err_console, transient=True) as progress:
-            task = progress.add_task(
-                f"{n_policies} policies x {len(data)} items ({strategy})",
-                total=n_policies * len(data),
-            )
+def _write_json(path: Path, payload: Any) -> None:
+    """Write-then-rename: a reader never sees half a file, a crash leaves none."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(payload, ensure_ascii=False, indent=1), "utf-8")
+    partial.replace(path)
 
-            def tick(_r: ItemResult, _c: dict[str, int], task: Any = task) -> None:
-                progress.advance(task)
 
-            if isinstance(engine, CombinedClassifier):
-                coro = run_combined_eval(
-                    data,
-                    engine,
-                    store=store,
-                    use_cache=cache,
-                    max_errors=max_errors,
-                    threshold_split=threshold_split,
-                    seed=seed,
-                    on_result=tick,
-                )
-            else:
-                coro = run_multi_eval(
-                    data,
-                    engine,
-                    store=store,
-                    use_cache=cache,
-                    max_errors=max_errors,
-                    threshold_split=threshold_split,
-                    seed=seed,
-                    on_result=tick,
-                )
-            results.append(asyncio.run(coro))
+def _report_multi(results: list[MultiEvalResult], output: Path, as_json: bool) -> None:
+    """Write each strategy's per-policy results and `<id>.multi.json`, then print them."""
     summaries = []
     for multi in results:
         paths = [_write_result(run, output) for run in multi.runs]
         summary = {**multi.to_dict(items=False), "results": [str(p) for p in paths]}
         path = output / f"{multi.id}.multi.json"
-        path.write_text(json.dumps({**summary, "items": multi.items}, indent=1), "utf-8")
+        _write_json(path, {**summary, "items": multi.items})
         summaries.append({**summary, "result": str(path)})
     if as_json:
         payload = summaries[0] if len(summaries) == 1 else {"strategies": summaries}
@@ -378,46 +377,6 @@ def report(
     target = output or result.with_suffix(".html")
     _write_html(load_result(result), target)
     err_console.print(f"Wrote {escape(str(target))}")
-
-
-def _run_with_progress(
-    data: Any,
-    classifier: Classifier,
-    store: Store,
-    cache: bool,
-    max_errors: float | None,
-    threshold_split: float | None,
-    seed: int,
-) -> EvalResult:
-    columns = (
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[stats]}"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=err_console, transient=True) as progress:
-        task = progress.add_task(f"eval {data.name}", total=len(data), stats="")
-
-        def advance(result: ItemResult, c: dict[str, int]) -> None:
-            p = c["tp"] / (c["tp"] + c["fp"]) if c["tp"] + c["fp"] else 0.0
-            r = c["tp"] / (c["tp"] + c["fn"]) if c["tp"] + c["fn"] else 0.0
-            f1 = 2 * p * r / (p + r) if p + r else 0.0
-            stats = f"P {p:.2f} R {r:.2f} F1 {f1:.3f} abstain {c['abstained']}"
-            progress.update(task, advance=1, stats=stats)
-
-        return asyncio.run(
-            run_eval(
-                data,
-                classifier,
-                store=store,
-                use_cache=cache,
-                max_errors=max_errors,
-                threshold_split=threshold_split,
-                seed=seed,
-                on_result=advance,
-            )
-        )
 
 
 def _ci(value: float, ci: list[float] | tuple[float, float] | None) -> str:

@@ -6,17 +6,22 @@ hash), and reuses those that reached a verdict; only the rest are judged, and ea
 decision is recorded (marked with the run's id) as soon as it is made. A run that crashed, or
 a re-run after editing one policy, therefore computes only what changed.
 
+One function, `evaluate`, runs every kind of evaluation over one or several judges: a judge
+of one policy (single), several judges of one policy each (policies judged separately, one
+after another so each policy's prompt prefix stays warm), or one judge of several policies
+(combined in one prompt). Every item goes through `Judge.judge_many`.
+
 Example:
-    >>> result = asyncio.run(run_eval(dataset, Classifier("spam", mode="score"), store=Store()))
-    >>> result.metrics["f1"], result.cached
+    >>> run = asyncio.run(evaluate(dataset, Judge("spam", mode="score"), store=Store()))
+    >>> run.runs[0].metrics["f1"], run.runs[0].cached
 """
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import time
-from collections.abc import Callable, Coroutine, Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,8 +29,8 @@ from typing import Any
 
 from magistrate import __version__
 from magistrate.decision import Decision, any_of
-from magistrate.engine import Classifier, CombinedClassifier
-from magistrate.errors import MagistrateError
+from magistrate.engine import Judge, Judgement, Lookup, judge_all
+from magistrate.errors import EvalAborted, MagistrateError
 from magistrate.evaluate import metrics as m
 from magistrate.evaluate.datasets import Dataset, Example
 from magistrate.ids import new_ulid
@@ -34,10 +39,6 @@ from magistrate.policy import Policy, bundle_hash
 from magistrate.store import DecisionFilter, Recorder, Store
 
 RESULT_SCHEMA = "magistrate.eval/1"
-
-
-class EvalAborted(MagistrateError):
-    """Too many items got no verdict (the max-error threshold was crossed)."""
 
 
 @dataclass(frozen=True)
@@ -103,128 +104,263 @@ class EvalResult:
         }
 
 
-ProgressFn = Callable[[ItemResult, dict[str, int]], None]
+Progress = Callable[[Judgement], None]
+"""Called with each item's judgement as it is made (progress bars)."""
 
 
-async def run_eval(
+@dataclass
+class EvalRun:
+    """What `evaluate` returns: one result per policy, and the multi-policy result.
+
+    Attributes:
+        runs: One `EvalResult` per policy, in the order the judges hold them.
+        multi: Exact match, per-policy metrics, cost and the any-policy answer, when more
+            than one policy was judged; None for a single policy.
+    """
+
+    runs: list[EvalResult]
+    multi: MultiEvalResult | None = None
+
+
+@dataclass
+class _Pass:
+    """One judge's pass over the examples: each example with its judgement."""
+
+    judge: Judge
+    run_id: str
+    rows: list[tuple[Example, Judgement]]
+    elapsed_s: float
+
+
+async def evaluate(
     dataset: Dataset,
-    classifier: Classifier,
+    judges: Judge | Sequence[Judge],
     *,
     store: Store | None = None,
     use_cache: bool = True,
     max_errors: float | None = None,
     threshold_split: float | None = None,
     seed: int = 0,
-    on_result: ProgressFn | None = None,
-    judge_unlabelled: bool = False,
-) -> EvalResult:
-    """Judge every example with a known gold label and compute the metrics.
+    on_result: Progress | None = None,
+) -> EvalRun:
+    """Judge a dataset with one or several judges and compute every metric.
+
+    A single policy is scored on the dataset's overall label. Several policies (one judge of
+    several, or several judges run one after another) are each scored on the dataset label
+    of their name (`labels_for`); a policy with no such label counts only towards the
+    any-policy answer, scored on the overall label.
 
     Args:
-        dataset: The examples (those without a gold label are skipped, unless
-            `judge_unlabelled`: then they are judged and kept in `EvalResult.unscored`).
-        classifier: The engine, already set up with policy, backend, mode and effort.
-        store: The decision log: the cache, and where new decisions are recorded.
+        dataset: The examples; those no metric could use (no gold label at all) are skipped.
+        judges: A judge, or several judges (their policies must have distinct ids).
+        store: The decision log: the cache, and where new decisions are recorded (each
+            judge's decisions under that pass's run id).
         use_cache: Reuse recorded decisions (needs `store`).
-        max_errors: Abort when more items than this got no verdict: a count (>= 1) or a
-            fraction of the items judged so far (< 1, checked after 20 items).
+        max_errors: The error budget of each pass (see `Judge.judge_many`).
         threshold_split: With scores, choose the best-F1 threshold on this fraction of the
             items (stratified, `seed`) and report metrics on the rest with it applied.
-        on_result: Called after every item with its result and the running confusion counts.
+        on_result: Called with each judgement as it is made.
 
     Raises:
-        EvalAborted: The max-error threshold was crossed; decisions made so far are recorded.
+        ErrorBudgetExceeded: The error budget was crossed; decisions so far are recorded.
+        MagistrateError: A policy matches no label and the dataset has no overall label.
     """
+    judges = [judges] if isinstance(judges, Judge) else list(judges)
+    ids = [p.id for j in judges for p in j.policies]
+    single = len(ids) == 1
+    labels: list[str | None] = [None] if single else labels_for(ids, dataset)
+    examples = [
+        e
+        for e in dataset.examples
+        if e.gold is not None or any(_gold_for(e, n) is not None for n in labels)
+    ]
+    passes = [
+        await _judge_examples(examples, j, store, use_cache, max_errors, on_result) for j in judges
+    ]
+    runs = []
+    names = iter(labels)
+    for done in passes:
+        for position in range(len(done.judge.policies)):
+            run = _policy_run(dataset, done, position, next(names), single, threshold_split, seed)
+            if store is not None and len(done.judge.policies) == 1:
+                _record_run(store, dataset, run)
+            runs.append(run)
+    if single:
+        return EvalRun(runs)
+    multi = _multi_result(dataset, passes, runs, labels, seed, threshold_split)
+    _record_multi(store, dataset, multi)
+    return EvalRun(runs, multi)
+
+
+async def _judge_examples(
+    examples: list[Example],
+    judge: Judge,
+    store: Store | None,
+    use_cache: bool,
+    max_errors: float | None,
+    on_result: Progress | None,
+) -> _Pass:
+    """One pass of `judge` over the examples through `judge_many`, cached and recorded."""
     run_id = new_ulid()
-    examples = [e for e in dataset.examples if e.gold is not None or judge_unlabelled]
-    cache = _cached(store, classifier) if (store is not None and use_cache) else {}
+    lookup = _lookup(store, judge) if store is not None and use_cache else None
     if store is not None:
-        classifier.recorder = Recorder(store, run_id=run_id)
-    counts = {"tp": 0, "fp": 0, "fn": 0, "tn": 0, "abstained": 0, "done": 0}
-    results: list[ItemResult | None] = [None] * len(examples)
-    gate = asyncio.Semaphore(classifier.concurrency)
+        judge.recorder = Recorder(store, run_id=run_id)
+    items = (Item.of(e.text, id=e.id, max_chars=max(judge.max_chars, 1)) for e in examples)
     started = time.perf_counter()
+    judgements = await judge_all(
+        judge, items, lookup=lookup, max_errors=max_errors, on_result=on_result
+    )
+    rows = [(examples[j.index], j) for j in judgements]
+    return _Pass(judge, run_id, rows, time.perf_counter() - started)
 
-    def tally(index: int, result: ItemResult) -> None:
-        results[index] = result
-        g, p = bool(result.example.gold), result.pred
-        key = (
-            "abstained" if p is None else ("tp" if p and g else "fp" if p else "fn" if g else "tn")
+
+def _lookup(store: Store, judge: Judge) -> Lookup:
+    """The decision-log cache for one judge: recorded verdicts per policy, by item hash."""
+    found = [
+        _recorded(store, p.hash, judge, judge.decision_options(None if judge.combined else p))
+        for p in judge.policies
+    ]
+
+    async def lookup(item: Item) -> list[Decision | None] | None:
+        hits = [by_item.get(item.hash) for by_item in found]
+        return None if all(h is None for h in hits) else hits
+
+    return lookup
+
+
+def _policy_run(
+    dataset: Dataset,
+    done: _Pass,
+    position: int,
+    label: str | None,
+    single: bool,
+    threshold_split: float | None,
+    seed: int,
+) -> EvalResult:
+    """The result of one policy of a pass, scored on its own gold label."""
+    judge, policy = done.judge, done.judge.policies[position]
+    judged = [
+        ItemResult(
+            e if single else replace(e, gold=_gold_for(e, label)),
+            j.decisions[position],
+            j.cached[position],
         )
-        if result.example.gold is not None or p is None:
-            counts[key] += 1
-        counts["done"] += 1
-        if on_result is not None:
-            on_result(result, counts)
-        if max_errors is not None and _over(counts, max_errors):
-            raise EvalAborted(
-                f"{counts['abstained']} of {counts['done']} items got no verdict, past "
-                f"--max-errors {max_errors:g}. Decisions so far are recorded; fix the cause "
-                "and re-run (finished items come from the cache)."
-            )
-
-    async def one(index: int, example: Example) -> None:
-        item = Item.of(example.text, id=example.id, max_chars=max(classifier.max_chars, 1))
-        hit = cache.get(item.hash)
-        if hit is not None:
-            tally(index, ItemResult(example, hit, cached=True))
-            return
-        async with gate:
-            decision = await classifier.classify(item)
-        tally(index, ItemResult(example, decision, cached=False))
-
-    await _all_or_none([one(i, e) for i, e in enumerate(examples)])
-    finished = [r for r in results if r is not None and r.example.gold is not None]
-    unscored = [r for r in results if r is not None and r.example.gold is None]
-    spec = _spec(dataset, classifier, len(finished), time.perf_counter() - started)
-    result = EvalResult(run_id, spec, finished, unscored=unscored)
-    result.metrics = compute_metrics(finished, threshold_split=threshold_split, seed=seed)
+        for e, j in done.rows
+    ]
+    items = [r for r in judged if r.example.gold is not None]
+    part = (
+        dataset
+        if single
+        else replace(
+            dataset, name=f"{dataset.name}#{label}", examples=tuple(r.example for r in items)
+        )
+    )
+    spec = _spec(part, judge, len(items), done.elapsed_s, policy)
+    if judge.combined and judge.bundle is not None:
+        spec["strategy"] = "combined"
+        spec["bundle"] = {"id": judge.bundle.id, "hash": judge.bundle.hash}
+    run_id = done.run_id if len(judge.policies) == 1 else new_ulid()
+    unscored = [r for r in judged if r.example.gold is None]
+    result = EvalResult(run_id, spec, items, unscored=unscored)
+    result.metrics = compute_metrics(items, threshold_split=threshold_split, seed=seed)
     result.metrics["cached_items"] = result.cached
-    if store is not None:
-        store.add_run(
-            {
-                "id": run_id,
-                "created_at": spec["created_at"],
-                "dataset": dataset.name,
-                "dataset_hash": dataset.hash,
-                "policy_id": classifier.policy.id,
-                "policy_hash": classifier.policy.hash,
-                "backend": classifier.backend.name,
-                "effort": classifier.effort.value,
-                "mode": classifier.mode.value,
-                "spec": spec,
-                "metrics": {k: v for k, v in result.metrics.items() if k != "pr_curve"},
-            }
-        )
     return result
 
 
-async def _all_or_none(coros: list[Coroutine[Any, Any, None]]) -> None:
-    """Run every item's coroutine; when one fails, cancel the rest before re-raising."""
-    tasks = [asyncio.create_task(c) for c in coros]
-    try:
-        await asyncio.gather(*tasks)
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
+def _record_run(store: Store, dataset: Dataset, run: EvalResult) -> None:
+    """The `eval_runs` row of one policy's run."""
+    spec = run.spec
+    store.add_run(
+        {
+            "id": run.id,
+            "created_at": spec["created_at"],
+            "dataset": spec["dataset"]["name"],
+            "dataset_hash": spec["dataset"]["hash"],
+            "policy_id": spec["policy"]["id"],
+            "policy_hash": spec["policy"]["hash"],
+            "backend": spec["backend"],
+            "effort": spec["effort"],
+            "mode": spec["mode"],
+            "spec": spec,
+            "metrics": {k: v for k, v in run.metrics.items() if k != "pr_curve"},
+        }
+    )
 
 
-def _over(counts: dict[str, int], limit: float) -> bool:
-    if limit >= 1:
-        return counts["abstained"] > limit
-    return counts["done"] >= 20 and counts["abstained"] / counts["done"] > limit
+def _multi_result(
+    dataset: Dataset,
+    passes: list[_Pass],
+    runs: list[EvalResult],
+    labels: list[str | None],
+    seed: int,
+    threshold_split: float | None,
+) -> MultiEvalResult:
+    """Several policies' runs together: cost per item, exact match and the any-policy answer."""
+    calls = sum(len(p.judge.policies) if not p.judge.combined else 1 for p in passes)
+    cost = {
+        "calls_per_item": calls,
+        # Recorded latencies, cached items included: what judging an item costs. The
+        # decisions of one combined call share its cost, so each call counts once.
+        "seconds_per_item": sum(
+            m.mean([_call_cost(j, p.judge)[0] for _, j in p.rows]) for p in passes
+        ),
+        "tokens_per_item": sum(
+            m.mean([_call_cost(j, p.judge)[1] for _, j in p.rows]) for p in passes
+        ),
+    }
+    combined = len(passes) == 1 and passes[0].judge.combined
+    rows = any_policy_items(runs, dataset)
+    return MultiEvalResult(
+        passes[0].run_id if combined else new_ulid(),
+        runs,
+        labels,
+        _multi_metrics(runs, labels, cost, rows, seed, threshold_split),
+        strategy="combined" if combined else "separate",
+        items=rows,
+    )
 
 
-def _cached(store: Store, classifier: Classifier) -> dict[str, Decision]:
-    """Recorded verdicts for this policy text, backend, effort, mode and options, by item."""
-    wanted = {**classifier.options().to_dict(), "on_abstain": classifier.on_abstain.value}
-    return _recorded(store, classifier.policy.hash, classifier, wanted)
+def _call_cost(judgement: Judgement, judge: Judge) -> tuple[float, int]:
+    """Seconds and tokens an item's calls took (a combined call's decisions share one)."""
+    counted = judgement.decisions[:1] if judge.combined else judgement.decisions
+    seconds = sum(d.latency_s for d in counted)
+    tokens = sum(d.usage.prompt_tokens + d.usage.completion_tokens for d in counted)
+    return seconds, tokens
+
+
+async def run_eval(dataset: Dataset, classifier: Judge, **kwargs: Any) -> EvalResult:
+    """Deprecated: `evaluate(dataset, judge)`, whose `runs[0]` this returns."""
+    _deprecated("run_eval(dataset, classifier)", "evaluate(dataset, judge).runs[0]")
+    return (await evaluate(dataset, classifier, **kwargs)).runs[0]
+
+
+async def run_multi_eval(
+    dataset: Dataset, classifiers: Sequence[Judge], **kwargs: Any
+) -> MultiEvalResult:
+    """Deprecated: `evaluate(dataset, judges)` with one judge per policy, and its `multi`."""
+    _deprecated("run_multi_eval(dataset, classifiers)", "evaluate(dataset, judges).multi")
+    return _multi_of(await evaluate(dataset, classifiers, **kwargs))
+
+
+async def run_combined_eval(dataset: Dataset, combined: Judge, **kwargs: Any) -> MultiEvalResult:
+    """Deprecated: `evaluate(dataset, judge)` with a judge of several policies, and its
+    `multi`."""
+    _deprecated("run_combined_eval(dataset, combined)", "evaluate(dataset, judge).multi")
+    return _multi_of(await evaluate(dataset, combined, **kwargs))
+
+
+def _multi_of(run: EvalRun) -> MultiEvalResult:
+    if run.multi is None:
+        raise MagistrateError("Several policies are needed for a multi-policy result.")
+    return run.multi
+
+
+def _deprecated(old: str, new: str) -> None:
+    warnings.warn(f"{old} is deprecated; use {new}.", DeprecationWarning, stacklevel=3)
 
 
 def _recorded(
-    store: Store, policy_hash: str, engine: Classifier | CombinedClassifier, wanted: dict[str, Any]
+    store: Store, policy_hash: str, judge: Judge, wanted: dict[str, Any]
 ) -> dict[str, Decision]:
     """Recorded verdicts under one policy text whose options match `wanted`, by item hash.
 
@@ -233,9 +369,9 @@ def _recorded(
     """
     where = DecisionFilter(
         policy_hash=policy_hash,
-        backend=engine.backend.name,
-        effort=engine.effort.value,
-        mode=engine.mode.value,
+        backend=judge.backend.name,
+        effort=judge.effort.value,
+        mode=judge.mode.value,
         ok=True,
     )
     want = {k: v for k, v in wanted.items() if k != "constrained"}
@@ -321,20 +457,7 @@ def threshold_transfer(
     }
 
 
-def _spec(
-    dataset: Dataset,
-    clf: Classifier | CombinedClassifier,
-    n: int,
-    elapsed: float,
-    *,
-    policy: Policy | None = None,
-) -> dict[str, Any]:
-    if policy is None:
-        assert isinstance(clf, Classifier)
-        policy = clf.policy
-    options = (
-        clf.decision_options() if isinstance(clf, CombinedClassifier) else clf.options().to_dict()
-    )
+def _spec(dataset: Dataset, judge: Judge, n: int, elapsed: float, policy: Policy) -> dict[str, Any]:
     return {
         "dataset": {
             "name": dataset.name,
@@ -344,11 +467,11 @@ def _spec(
             "positive": dataset.positive,
         },
         "policy": {"id": policy.id, "version": policy.version, "hash": policy.hash},
-        "backend": clf.backend.name,
-        "model": clf.backend.model,
-        "effort": clf.effort.value,
-        "mode": clf.mode.value,
-        "options": {**options, "on_abstain": clf.on_abstain.value},
+        "backend": judge.backend.name,
+        "model": judge.backend.model,
+        "effort": judge.effort.value,
+        "mode": judge.mode.value,
+        "options": judge.decision_options(None if judge.combined else policy),
         "package_version": __version__,
         "git_revision": _git_revision(),
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -441,172 +564,6 @@ def labels_for(policy_ids: Sequence[str], dataset: Dataset) -> list[str | None]:
 def _gold_for(example: Example, label: str | None) -> bool | None:
     """The example's gold label for one policy (None for an any-policy-only policy)."""
     return None if label is None else example.labels.get(label)
-
-
-async def run_multi_eval(
-    dataset: Dataset,
-    classifiers: list[Classifier],
-    *,
-    store: Store | None = None,
-    use_cache: bool = True,
-    max_errors: float | None = None,
-    threshold_split: float | None = None,
-    seed: int = 0,
-    on_result: ProgressFn | None = None,
-) -> MultiEvalResult:
-    """Judge every policy separately on its own label; per-policy metrics, exact match, cost.
-
-    An item counts towards exact-match accuracy only when every policy's gold label is known
-    for it, and it is right only when every policy's verdict matches (an abstention is wrong).
-    """
-    label_names = labels_for([c.policy.id for c in classifiers], dataset)
-    runs = []
-    for clf, label in zip(classifiers, label_names, strict=True):
-        part = replace(
-            dataset,
-            name=f"{dataset.name}#{label}",
-            examples=tuple(replace(e, gold=_gold_for(e, label)) for e in dataset.examples),
-        )
-        runs.append(
-            await run_eval(
-                part,
-                clf,
-                store=store,
-                use_cache=use_cache,
-                max_errors=max_errors,
-                threshold_split=threshold_split,
-                seed=seed,
-                on_result=on_result,
-                judge_unlabelled=True,
-            )
-        )
-    judged = [run.items + run.unscored for run in runs]
-    cost = {
-        "calls_per_item": len(runs),
-        # Recorded latencies, cached items included: what judging an item costs.
-        "seconds_per_item": sum(m.mean([r.decision.latency_s for r in rs]) for rs in judged),
-        "tokens_per_item": sum(
-            m.mean(
-                [r.decision.usage.prompt_tokens + r.decision.usage.completion_tokens for r in rs]
-            )
-            for rs in judged
-        ),
-    }
-    rows = any_policy_items(runs, dataset)
-    result = MultiEvalResult(
-        new_ulid(),
-        runs,
-        label_names,
-        _multi_metrics(runs, label_names, cost, rows, seed, threshold_split),
-        items=rows,
-    )
-    _record_multi(store, dataset, result)
-    return result
-
-
-async def run_combined_eval(
-    dataset: Dataset,
-    combined: CombinedClassifier,
-    *,
-    store: Store | None = None,
-    use_cache: bool = True,
-    max_errors: float | None = None,
-    threshold_split: float | None = None,
-    seed: int = 0,
-    on_result: ProgressFn | None = None,
-) -> MultiEvalResult:
-    """Judge every policy at once, one prompt per item; per-policy metrics, exact match, cost.
-
-    The same metrics as `run_multi_eval`, so the two strategies compare side by side (in
-    score mode with `threshold_split`, thresholds are transferred as there). The cache holds
-    an item only when every policy's combined verdict for it is recorded.
-
-    Raises:
-        EvalAborted: More items than `max_errors` got no verdict under some policy.
-    """
-    label_names = labels_for([p.id for p in combined.policies], dataset)
-    run_id = new_ulid()
-    examples = [
-        e
-        for e in dataset.examples
-        if e.gold is not None or any(_gold_for(e, n) is not None for n in label_names)
-    ]
-    cache: dict[str, tuple[Decision, ...]] = {}
-    if store is not None and use_cache:
-        wanted = {**combined.decision_options(), "on_abstain": combined.on_abstain.value}
-        per_policy = [_recorded(store, p.hash, combined, wanted) for p in combined.policies]
-        for item_hash in set.intersection(*(set(d) for d in per_policy)):
-            cache[item_hash] = tuple(d[item_hash] for d in per_policy)
-    if store is not None:
-        combined.recorder = Recorder(store, run_id=run_id)
-    gate = asyncio.Semaphore(combined.concurrency)
-    rows: list[tuple[Example, tuple[Decision, ...], bool] | None] = [None] * len(examples)
-    abstained = done = 0
-    started = time.perf_counter()
-
-    async def one(index: int, example: Example) -> None:
-        nonlocal abstained, done
-        item = Item.of(example.text, id=example.id, max_chars=max(combined.max_chars, 1))
-        hit = cache.get(item.hash)
-        if hit is None:
-            async with gate:
-                decisions = await combined.classify(item)
-        else:
-            decisions = hit
-        rows[index] = (example, decisions, hit is not None)
-        done += 1
-        abstained += 0 if all(d.ok for d in decisions) else 1
-        if on_result is not None:
-            for d, label in zip(decisions, label_names, strict=True):
-                part = replace(example, gold=_gold_for(example, label))
-                on_result(ItemResult(part, d, hit is not None), {"done": done})
-        if max_errors is not None and _over({"abstained": abstained, "done": done}, max_errors):
-            raise EvalAborted(
-                f"{abstained} of {done} items got no verdict under some policy, past "
-                f"--max-errors {max_errors:g}. Decisions so far are recorded; fix the cause "
-                "and re-run (finished items come from the cache)."
-            )
-
-    await _all_or_none([one(i, e) for i, e in enumerate(examples)])
-    finished = [r for r in rows if r is not None]
-    elapsed = time.perf_counter() - started
-    runs = []
-    for i, (policy, label) in enumerate(zip(combined.policies, label_names, strict=True)):
-        judged = [
-            ItemResult(replace(e, gold=_gold_for(e, label)), ds[i], cached)
-            for e, ds, cached in finished
-        ]
-        items = [r for r in judged if r.example.gold is not None]
-        part = replace(
-            dataset, name=f"{dataset.name}#{label}", examples=tuple(i.example for i in items)
-        )
-        spec = _spec(part, combined, len(items), elapsed, policy=policy)
-        spec["strategy"] = "combined"
-        spec["bundle"] = {"id": combined.bundle.id, "hash": combined.bundle.hash}
-        unscored = [r for r in judged if r.example.gold is None]
-        run = EvalResult(new_ulid(), spec, items, unscored=unscored)
-        run.metrics = compute_metrics(items, threshold_split=threshold_split, seed=seed)
-        run.metrics["cached_items"] = run.cached
-        runs.append(run)
-    calls = [ds[0] for _, ds, _cached in finished]  # every decision of a call shares its cost
-    cost = {
-        "calls_per_item": 1,
-        "seconds_per_item": m.mean([d.latency_s for d in calls]),
-        "tokens_per_item": m.mean(
-            [d.usage.prompt_tokens + d.usage.completion_tokens for d in calls]
-        ),
-    }
-    any_rows = any_policy_items(runs, dataset)
-    result = MultiEvalResult(
-        run_id,
-        runs,
-        label_names,
-        _multi_metrics(runs, label_names, cost, any_rows, seed, threshold_split),
-        strategy="combined",
-        items=any_rows,
-    )
-    _record_multi(store, dataset, result)
-    return result
 
 
 def _multi_metrics(
@@ -734,10 +691,12 @@ __all__ = [
     "RESULT_SCHEMA",
     "EvalAborted",
     "EvalResult",
+    "EvalRun",
     "ItemResult",
     "MultiEvalResult",
     "any_policy_items",
     "compute_metrics",
+    "evaluate",
     "label_for",
     "labels_for",
     "run_combined_eval",

@@ -30,17 +30,20 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from magistrate import __version__
 from magistrate.backends import Backend
 from magistrate.errors import (
-    ConfigError,
+    Forbidden,
     InputError,
     MagistrateError,
+    NotFound,
+    Overloaded,
     PolicyError,
-    StoreError,
+    TooLarge,
+    http_status,
 )
 from magistrate.ids import new_ulid
 from magistrate.lint import lint_policy
 from magistrate.policy import Policy, builtin_policy_names, parse_policy
 from magistrate.prompt import Mode
-from magistrate.server.limits import Overloaded, TTLCache
+from magistrate.server.limits import TTLCache
 from magistrate.server.schemas import (
     ActivateRequest,
     ClassifyRequest,
@@ -65,14 +68,7 @@ from magistrate.server.schemas import (
     ServerSettings,
     StoredDecisionOut,
 )
-from magistrate.server.service import (
-    ANONYMOUS,
-    Forbidden,
-    NotFound,
-    Service,
-    TooLarge,
-    inline_policy,
-)
+from magistrate.server.service import ANONYMOUS, Service, inline_policy
 from magistrate.store import DecisionFilter, Store
 from magistrate.store.store import ApiKey, parse_since
 
@@ -312,31 +308,16 @@ def create_app(
 
     @app.exception_handler(MagistrateError)
     async def _magistrate_error(_: Request, exc: MagistrateError) -> JSONResponse:
-        status, kind = 500, "server_error"
-        if isinstance(exc, NotFound):
-            status, kind = 404, "not_found_error"
-        elif isinstance(exc, TooLarge):
-            status, kind = 413, "invalid_request_error"
-        elif isinstance(exc, Forbidden):
-            status, kind = 403, "permission_error"
-        elif isinstance(exc, InputError | PolicyError | ConfigError):
-            status, kind = 422, "invalid_request_error"
-        elif isinstance(exc, StoreError):
-            status = 503
-        if status == 500:
+        answer = http_status(exc)
+        headers: dict[str, str] = {}
+        if isinstance(exc, Overloaded):
+            headers["Retry-After"] = str(exc.retry_after)
+            svc = state.get("service")
+            if svc is not None:
+                svc.metrics.rejected.labels("queue").inc()
+        if answer.status == 500:
             log.error("unexpected %s while serving a request", type(exc).__name__)
-        return _error(status, str(exc), kind)
-
-    @app.exception_handler(Overloaded)
-    async def _overloaded(_: Request, exc: Overloaded) -> JSONResponse:
-        svc = state.get("service")
-        if exc.retry_after == 0:
-            return _error(413, str(exc), "invalid_request_error", "too_many_judgements")
-        if svc is not None:
-            svc.metrics.rejected.labels("queue").inc()
-        return _error(
-            429, str(exc), "rate_limit_error", "queue_full", **{"Retry-After": str(exc.retry_after)}
-        )
+        return _error(answer.status, str(exc), answer.type, answer.code, **headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -419,18 +400,17 @@ def create_app(
         mode = body.mode or svc.settings.mode
         effort = body.effort or svc.settings.effort
         judged = await svc.judge(items, policies, mode, effort)
-        decisions = []
-        for index, (item, row) in enumerate(zip(items, judged, strict=True)):
-            decisions += [
-                DecisionOut.of(
-                    j.decision,
-                    index,
-                    cached=j.cached,
-                    reasoning=body.include_reasoning,
-                    item_id=item.id,
-                )
-                for j in row
-            ]
+        decisions = [
+            DecisionOut.of(
+                decision,
+                judgement.index,
+                cached=cached,
+                reasoning=body.include_reasoning,
+                item_id=judgement.item.id,
+            )
+            for judgement in judged
+            for decision, cached in zip(judgement.decisions, judgement.cached, strict=True)
+        ]
         return ClassifyResponse(
             request_id=new_ulid(), backend=svc.backend.name, decisions=decisions
         )
@@ -486,33 +466,31 @@ def create_app(
         items = svc.items([ItemIn(text=t) for t in texts])
         categories = svc.settings.moderation_categories
         policies = [svc.policy(pid) for pid in categories.values()]
-        if svc.can_combine(policies):
-            judged = await svc.judge_combined(items, policies, svc.settings.effort)
-        else:
-            mode = Mode.SCORE if svc.backend.capabilities.label_scores else Mode.REASON
-            judged = await svc.judge(items, policies, mode, svc.settings.effort)
+        combine = svc.can_combine(policies)
+        mode = Mode.SCORE if svc.backend.capabilities.label_scores else Mode.REASON
+        judged = await svc.judge(items, policies, mode, svc.settings.effort, combine=combine)
         results = []
-        for row in judged:
+        for judgement in judged:
             flags: dict[str, bool] = {}
             scores: dict[str, float] = {}
             ids: dict[str, str] = {}
-            for name, j in zip(categories, row, strict=True):
-                flagged = j.decision.flagged
+            for name, decision in zip(categories, judgement.decisions, strict=True):
+                flagged = decision.flagged
                 if flagged is None:
                     raise ServiceError(
                         503,
                         f"No verdict was reached for category {name!r} "
-                        f"({j.decision.verdict.status.value}); the item was not judged safe. "
-                        f"Decision {j.decision.id} records why. Retry, or run the server with "
+                        f"({decision.verdict.status.value}); the item was not judged safe. "
+                        f"Decision {decision.id} records why. Retry, or run the server with "
                         "--on-abstain fail-closed.",
                         "server_error",
                         "verdict_unavailable",
                         {"Retry-After": "5"},
                     )
                 flags[name] = flagged
-                score = j.decision.verdict.score
+                score = decision.verdict.score
                 scores[name] = float(score) if score is not None else (1.0 if flagged else 0.0)
-                ids[name] = j.decision.id
+                ids[name] = decision.id
             results.append(
                 ModerationResult(
                     flagged=any(flags.values()),
@@ -694,10 +672,8 @@ def create_app(
     ) -> StoredDecisionOut:
         """One recorded decision by id (or a unique id prefix)."""
         svc = service()
-        try:
-            row = await asyncio.to_thread(svc.store.decision, decision_id)
-        except StoreError as exc:
-            raise NotFound(str(exc)) from None
+        # NotFound answers 404; StoreUnavailable (the database is down) answers 503.
+        row = await asyncio.to_thread(svc.store.decision, decision_id)
         return StoredDecisionOut(
             seq=row.seq,
             decision=row.decision.to_dict(),

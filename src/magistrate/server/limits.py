@@ -14,15 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from magistrate.errors import Overloaded, TooLarge
+
 V = TypeVar("V")
-
-
-class Overloaded(Exception):
-    """The queue in front of the backend is full; try again after `retry_after` seconds."""
-
-    def __init__(self, message: str, retry_after: int) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 class Admission:
@@ -52,12 +46,12 @@ class Admission:
 
         Raises:
             Overloaded: Not enough free places; `retry_after` estimates when there will be.
+            TooLarge: More places than the queue has at all (it would never fit).
         """
         if units > self.capacity:
-            raise Overloaded(
+            raise TooLarge(
                 f"This request needs {units} judgements at once but the server queues at most "
-                f"{self.capacity}; send fewer items or policies per request.",
-                retry_after=0,
+                f"{self.capacity}; send fewer items or policies per request."
             )
         if self.in_use + units > self.capacity:
             backlog = self.in_use + units - self.capacity

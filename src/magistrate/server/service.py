@@ -1,28 +1,33 @@
 """What the HTTP layer calls: policies, judging with back-pressure and caching, keys.
 
-`Service` holds one backend, one store and one `Classifier` per (policy text, mode, effort),
-all built on the same engine as the CLI. It knows nothing about HTTP; `app.py` maps its
-errors onto status codes.
+`Service` holds one backend, one store and one `Judge` per (policy texts, mode, effort,
+strategy), all built on the same engine as the CLI, in bounded LRU caches. It knows nothing
+about HTTP; `app.py` maps its errors onto status codes.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import math
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from magistrate.backends import Backend, backend_for
 from magistrate.decision import Decision
-from magistrate.engine import Classifier, CombinedClassifier
-from magistrate.errors import ConfigError, InputError, MagistrateError, PolicyError
+from magistrate.engine import Judge, Judgement, Strategy, judge_all
+from magistrate.errors import (
+    ConfigError,
+    Forbidden,
+    InputError,
+    MagistrateError,
+    NotFound,
+    PolicyError,
+    TooLarge,
+)
 from magistrate.item import Item
 from magistrate.policy import (
     Policy,
-    PolicyBundle,
     builtin_policy_names,
     load_policy,
     parse_policy,
@@ -46,24 +51,11 @@ ANONYMOUS = ApiKey(
 SCOPES = ("classify", "admin")
 
 
-class NotFound(MagistrateError):
-    """No such policy, version or decision."""
-
-
-class TooLarge(MagistrateError):
-    """More items (or bytes) than the server accepts in one request."""
-
-
-class Forbidden(MagistrateError):
-    """The caller's key lacks the scope, or the server forbids the feature."""
-
-
-@dataclass(frozen=True)
-class Judged:
-    """One decision and whether it came from the result cache."""
-
-    decision: Decision
-    cached: bool
+JUDGES_KEPT = 256
+"""Judges kept per process (one per policy set, mode, effort and strategy), least recently
+used dropped first."""
+POLICIES_KEPT = 1024
+"""Parsed policy texts kept per process."""
 
 
 class Service:
@@ -93,10 +85,9 @@ class Service:
         self.rate = RateLimiter(settings.rate_per_minute)
         self.results: TTLCache[Decision] = TTLCache(settings.cache_ttl_s, settings.cache_entries)
         self.draining = False
-        self._gate = asyncio.Semaphore(max(1, self.backend.max_concurrency))
-        self._classifiers: dict[tuple[str, str, str], Classifier] = {}
-        self._combined: dict[tuple[str, str], CombinedClassifier] = {}
-        self._parsed: dict[str, Policy] = {}
+        # Bounded: inline policies make a new text (and judge) per request.
+        self._judges: TTLCache[Judge] = TTLCache(math.inf, JUDGES_KEPT)
+        self._parsed: TTLCache[Policy] = TTLCache(math.inf, POLICIES_KEPT)
         self._builtin_names = frozenset(builtin_policy_names())
         self._builtins: dict[str, Policy] = {}
         self._active: tuple[float, dict[str, str]] = (0.0, {})
@@ -156,7 +147,7 @@ class Service:
         policy = self._parsed.get(digest)
         if policy is None:
             policy = parse_policy(self.store.policy_text(digest), source=f"store:{digest[:12]}")
-            self._parsed[digest] = policy
+            self._parsed.put(digest, policy)
         return policy
 
     def policy_ids(self) -> list[str]:
@@ -175,10 +166,7 @@ class Service:
 
     def activate(self, policy_id: str, ref: str) -> Policy:
         """Make a stored version (`@N`, hash prefix or version label) the active one."""
-        try:
-            version = self.store.policy_version(policy_id, ref)
-        except MagistrateError as exc:
-            raise NotFound(str(exc)) from None
+        version = self.store.policy_version(policy_id, ref)  # NotFound: 404; an outage: 503
         policy = self.policy_by_hash(version.hash)
         self.store.activate_policy(policy)
         self._active = (0.0, {})
@@ -221,35 +209,48 @@ class Service:
                 raise InputError(f"items[{i}]: {exc}") from None
         return items
 
-    def _engine_settings(self, effort: Effort) -> dict[str, Any]:
-        """What every engine the service builds shares: the server's limits and recorder."""
-        return {
-            "effort": effort,
-            "max_chars": self.settings.max_chars,
-            "timeout_s": self.settings.timeout_s,
-            "on_abstain": self.settings.on_abstain,
-            "recorder": self.recorder,
-        }
-
-    def classifier(self, policy: Policy, mode: Mode, effort: Effort) -> Classifier:
-        key = (policy.hash, mode.value, effort.value)
-        clf = self._classifiers.get(key)
-        if clf is None:
-            clf = Classifier(policy, self.backend, mode=mode, **self._engine_settings(effort))
-            self._classifiers[key] = clf
-        return clf
+    def judge_for(
+        self, policies: Sequence[Policy], mode: Mode, effort: Effort, *, combine: bool = False
+    ) -> Judge:
+        """The service's judge for these policies (kept in a bounded LRU): several policies
+        in one prompt with `combine`, else one call per policy."""
+        strategy = Strategy.COMBINED if combine else Strategy.SEPARATE
+        key = ":".join([*(p.hash for p in policies), mode.value, effort.value, strategy.value])
+        judge = self._judges.get(key)
+        if judge is None:
+            judge = Judge(
+                policies,
+                self.backend,
+                strategy=strategy,
+                mode=mode,
+                effort=effort,
+                max_chars=self.settings.max_chars,
+                timeout_s=self.settings.timeout_s,
+                on_abstain=self.settings.on_abstain,
+                recorder=self.recorder,
+            )
+            self._judges.put(key, judge)
+        return judge
 
     async def judge(
-        self, items: Sequence[Item], policies: Sequence[Policy], mode: Mode, effort: Effort
-    ) -> list[list[Judged]]:
-        """Judge every item under every policy: `result[item][policy]`.
+        self,
+        items: Sequence[Item],
+        policies: Sequence[Policy],
+        mode: Mode,
+        effort: Effort,
+        *,
+        combine: bool = False,
+    ) -> list[Judgement]:
+        """Judge every item under every policy (one `Judgement` per item, in order).
 
-        Identical judgements made within the cache window come from memory. The rest go
-        through the bounded queue; when it is full nothing is judged and `Overloaded` is
-        raised.
+        Decisions made within the cache window come from memory (`combine` keeps its own
+        entries: a verdict read in a combined prompt is not one made alone). Misses go
+        through the bounded queue, one place per backend call; when it is full nothing is
+        judged and `Overloaded` is raised.
 
         Raises:
             Overloaded: The queue in front of the backend is full.
+            TooLarge: The request needs more calls than the queue holds at all.
             ConfigError: The mode needs something the backend cannot give.
         """
         if mode is Mode.SCORE and not self.backend.capabilities.label_scores:
@@ -257,81 +258,36 @@ class Service:
                 f"Score mode needs label probabilities, which {self.backend.name} cannot give; "
                 'send "mode": "reason".'
             )
-        out: list[list[Judged | None]] = [[None] * len(policies) for _ in items]
-        todo: list[tuple[int, int, str]] = []
-        for i, item in enumerate(items):
-            for j, policy in enumerate(policies):
-                key = f"{policy.hash}:{self.backend.name}:{mode.value}:{effort.value}:{item.hash}"
-                hit = self.results.get(key)
-                if hit is not None:
-                    out[i][j] = Judged(hit, cached=True)
+        judge = self.judge_for(policies, mode, effort, combine=combine)
+        prefix = f"{judge.strategy.value}:{self.backend.name}:{mode.value}:{effort.value}"
+        if judge.combined and judge.bundle is not None:
+            prefix += f":{judge.bundle.hash}"
+
+        def cached(item: Item) -> list[Decision | None]:
+            return [self.results.get(f"{prefix}:{p.hash}:{item.hash}") for p in policies]
+
+        async def lookup(item: Item) -> list[Decision | None]:
+            return cached(item)
+
+        def keep(judgement: Judgement) -> None:
+            for decision, hit in zip(judgement.decisions, judgement.cached, strict=True):
+                if hit:
                     self.metrics.cache_hits.inc()
-                else:
-                    todo.append((i, j, key))
-        if todo:
-            with self._queued(len(todo)):
-                await asyncio.gather(
-                    *(self._one(items[i], policies[j], mode, effort, key, out, i, j)
-                      for i, j, key in todo)
-                )  # fmt: skip
-        return [[j for j in row if j is not None] for row in out]
+                    continue
+                self.metrics.observe_decision(decision)
+                if decision.ok:
+                    key = f"{prefix}:{decision.policy_hash}:{judgement.item.hash}"
+                    self.results.put(key, decision)
+
+        calls = sum(judge.calls_needed(cached(item)) for item in items)
+        with self._queued(calls) if calls else contextlib.nullcontext():
+            return await judge_all(judge, items, lookup=lookup, on_result=keep)
 
     def can_combine(self, policies: Sequence[Policy]) -> bool:
-        """Whether `judge_combined` can take these policies: two or more distinct ids, and a
-        backend that reads each policy's label in one pass (`label_slots`)."""
+        """Whether these policies can be judged in one prompt in score mode: two or more
+        distinct ids, and a backend that reads each policy's label in one pass."""
         ids = [p.id for p in policies]
         return self.backend.capabilities.label_slots and len(ids) > 1 and len(set(ids)) == len(ids)
-
-    def combined_classifier(self, policies: Sequence[Policy], effort: Effort) -> CombinedClassifier:
-        bundle = PolicyBundle.of(policies)
-        key = (bundle.hash, effort.value)
-        clf = self._combined.get(key)
-        if clf is None:
-            clf = CombinedClassifier(
-                bundle, self.backend, mode=Mode.SCORE, **self._engine_settings(effort)
-            )
-            self._combined[key] = clf
-        return clf
-
-    async def judge_combined(
-        self, items: Sequence[Item], policies: Sequence[Policy], effort: Effort
-    ) -> list[list[Judged]]:
-        """Judge every item under all `policies` in one prompt per item, in score mode:
-        `result[item][policy]`, each policy's verdict from its own score and threshold.
-
-        This is how thresholds chosen for policies judged together are honoured (see
-        `can_combine`). Cached per item for the whole bundle; misses go through the queue,
-        one slot per item.
-
-        Raises:
-            Overloaded: The queue in front of the backend is full.
-        """
-        clf = self.combined_classifier(policies, effort)
-        prefix = f"{clf.bundle.hash}:{self.backend.name}:combined-score:{effort.value}"
-        out: list[list[Judged]] = []
-        todo: list[int] = []
-        for i, item in enumerate(items):
-            hits = [self.results.get(f"{prefix}:{p.hash}:{item.hash}") for p in policies]
-            if all(h is not None for h in hits):
-                out.append([Judged(h, cached=True) for h in hits if h is not None])
-                self.metrics.cache_hits.inc()
-            else:
-                out.append([])
-                todo.append(i)
-        if todo:
-
-            async def one(i: int) -> None:
-                async with self._gate:
-                    decisions = await clf.classify(items[i])
-                for decision, policy in zip(decisions, policies, strict=True):
-                    self.metrics.observe_decision(decision)
-                    if decision.ok:
-                        self.results.put(f"{prefix}:{policy.hash}:{items[i].hash}", decision)
-                out[i] = [Judged(d, cached=False) for d in decisions]
-
-            with self._queued(len(todo)):
-                await asyncio.gather(*(one(i) for i in todo))
-        return out
 
     @contextlib.contextmanager
     def _queued(self, units: int) -> Iterator[None]:
@@ -348,25 +304,6 @@ class Service:
         finally:
             self.admission.release(units, (time.perf_counter() - started) / units)
             self.metrics.queue.set(self.admission.in_use)
-
-    async def _one(
-        self,
-        item: Item,
-        policy: Policy,
-        mode: Mode,
-        effort: Effort,
-        key: str,
-        out: list[list[Judged | None]],
-        i: int,
-        j: int,
-    ) -> None:
-        clf = self.classifier(policy, mode, effort)
-        async with self._gate:
-            decision = await clf.classify(item)
-        self.metrics.observe_decision(decision)
-        if decision.ok:
-            self.results.put(key, decision)
-        out[i][j] = Judged(decision, cached=False)
 
     # -- keys -------------------------------------------------------------------------------
 
@@ -401,7 +338,8 @@ class Service:
         return True, "ok", None
 
     async def aclose(self) -> None:
-        await self.backend.aclose()
+        """Close the store. The backend is left open: it belongs to whoever made it (the
+        process-wide registry for model strings), and other users may share it."""
         self.store.close()
 
 
@@ -420,7 +358,6 @@ __all__ = [
     "ANONYMOUS",
     "SCOPES",
     "Forbidden",
-    "Judged",
     "NotFound",
     "Service",
     "TooLarge",
