@@ -84,7 +84,7 @@ def main(argv: list[str]) -> None:
         print(decision.id, flush=True)  # reported as recorded only after the commit
     if action == "kill":
         decision, item = make_decision(policy, "never committed", item_id="lost")
-        with store._write() as conn:
+        with store.db.write() as conn:
             conn.execute(
                 store.tables["decisions"].delete().where(store.tables["decisions"].c.seq == 1)
             )

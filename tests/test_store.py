@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 from storehelp import make_decision
 
-from magistrate.errors import ConfigError, StoreError
+from magistrate.errors import ConfigError, NotFound, StoreError, StoreUnavailable
 from magistrate.policy import parse_policy
 from magistrate.store import GENESIS, DecisionFilter, Store, parse_since, resolve_url
 from magistrate.store import migrations as migrations_module
@@ -94,11 +94,11 @@ def test_policy_versions_history_and_lookup(store, spam):
     assert store.policy_version("spam", "@2").hash == v2.hash
     assert store.policy_version("spam", "1.0.0").hash == spam.hash
     assert store.policy_version("spam", v2b.hash[:10]).hash == v2b.hash
-    with pytest.raises(StoreError, match=r"2 texts labelled version '1\.1\.0'"):
+    with pytest.raises(NotFound, match=r"2 texts labelled version '1\.1\.0'"):
         store.policy_version("spam", "1.1.0")
-    with pytest.raises(StoreError, match="no version"):
+    with pytest.raises(NotFound, match="no version"):
         store.policy_version("spam", "9.9")
-    with pytest.raises(StoreError, match="has 3 versions"):
+    with pytest.raises(NotFound, match="has 3 versions"):
         store.policy_version("spam", "@4")
     assert store.policy_ids() == ["spam"]
 
@@ -282,7 +282,7 @@ def test_a_full_disk_mid_write_keeps_every_recorded_decision(tmp_path, spam):
         pages.append(int(conn.exec_driver_sql("PRAGMA page_count").scalar()) + 6)
     store.engine.dispose()
     recorded = []
-    with pytest.raises(StoreError, match="disk is full") as info:
+    with pytest.raises(StoreUnavailable, match="disk is full") as info:
         for n in range(500):
             decision, item = make_decision(spam, f"message {n} " + "x" * 2000)
             store.record(decision, policy=spam, content=item.text)
@@ -304,7 +304,7 @@ def test_an_unreachable_server_gives_a_clear_error():
     with socket.socket() as s:  # a port with nothing listening
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with pytest.raises(StoreError, match="Check that PostgreSQL is running"):
+    with pytest.raises(StoreUnavailable, match="Check that PostgreSQL is running"):
         Store(f"postgresql://nobody@127.0.0.1:{port}/none")
 
 

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from magistrate.cli.app import EXIT_USER_ERROR, app, out_console
 from magistrate.cli.options import DatabaseOption
-from magistrate.errors import StoreError
+from magistrate.errors import NotFound
 from magistrate.lint import Severity, count_tokens, lint_policy, output_summary
 from magistrate.policy import Policy, builtin_policy_names, load_policy
 from magistrate.store import Store
@@ -110,7 +110,7 @@ def history(
         known = store.policy_ids() if not versions else []
     if not versions:
         hint = f" It has: {', '.join(known)}." if known else ""
-        raise StoreError(f"The log at {store.location} has no policy {policy_id!r}.{hint}")
+        raise NotFound(f"The log at {store.location} has no policy {policy_id!r}.{hint}")
     if as_json:
         out_console.out(json.dumps([v.to_dict() for v in versions], indent=2), highlight=False)
         return

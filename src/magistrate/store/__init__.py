@@ -1,7 +1,9 @@
 """The decision log and policy versions: schema, migrations, recording, queries, verification.
 
-`Store` is the log; `Recorder` is what the engine calls after every decision, so `classify`,
-eval, batch jobs and the server all record through one path.
+`Store` is what callers open: one `Database` and the stores over it (`store.log`: the
+decisions, `store.policies`, `store.eval_runs`, `store.keys`). `Recorder` is what the engine
+calls after every decision, so `classify`, eval, batch jobs and the server all record through
+one path.
 
 Example:
     >>> from magistrate import Classifier
@@ -18,16 +20,18 @@ from magistrate.decision import Decision
 from magistrate.errors import StoreError
 from magistrate.item import Item
 from magistrate.policy import Policy
-from magistrate.store.records import GENESIS, PolicyVersion, StoredDecision, VerifyReport
-from magistrate.store.store import (
+from magistrate.store.database import (
     DATABASE_ENV,
-    DecisionFilter,
-    Entry,
-    Store,
+    Database,
     default_database_path,
-    parse_since,
     resolve_url,
 )
+from magistrate.store.decisions import DecisionFilter, DecisionLog, Entry, parse_since
+from magistrate.store.keys import ApiKey, ApiKeys
+from magistrate.store.policies import PolicyRegistry
+from magistrate.store.records import GENESIS, PolicyVersion, StoredDecision, VerifyReport
+from magistrate.store.runs import EvalRuns
+from magistrate.store.store import Store
 
 
 class Recorder:
@@ -50,7 +54,8 @@ class Recorder:
         """Record one decision; returns its chain position.
 
         Raises:
-            StoreError: The decision was made but not recorded (the message names it).
+            StoreError: The decision was made but not recorded (the message names it);
+                `StoreUnavailable` when the database could not be reached.
         """
         try:
             return self.store.record(
@@ -61,7 +66,7 @@ class Recorder:
             )
         except StoreError as exc:
             label = decision.verdict.label if decision.ok else decision.verdict.status.value
-            raise StoreError(
+            raise type(exc)(
                 f"Decision {decision.id} (item {decision.item_id or decision.item_hash[:12]}: "
                 f"{label}) was made but NOT recorded. {exc}"
             ) from exc
@@ -74,8 +79,14 @@ class Recorder:
 __all__ = [
     "DATABASE_ENV",
     "GENESIS",
+    "ApiKey",
+    "ApiKeys",
+    "Database",
     "DecisionFilter",
+    "DecisionLog",
     "Entry",
+    "EvalRuns",
+    "PolicyRegistry",
     "PolicyVersion",
     "Recorder",
     "Store",
