@@ -28,7 +28,7 @@ from llamaserver import LlamaServer
 
 from magistrate.backends.openai_compat import OpenAIBackend
 from magistrate.embedded import ensure_embedded_model
-from magistrate.engine import Classifier
+from magistrate.engine import Judge, judge_all
 from magistrate.item import Item
 from magistrate.policy import load_policy
 
@@ -40,9 +40,9 @@ def items(n: int) -> list[Item]:
 
 def items_per_second(url: str, model: str, n: int, batch: list[Item], mode: str) -> float:
     backend = OpenAIBackend(model, base_url=url, max_concurrency=n)
-    clf = Classifier(load_policy("spam"), backend, mode=mode)
+    clf = Judge(load_policy("spam"), backend, mode=mode)
     start = time.perf_counter()
-    decisions = asyncio.run(clf.classify_many(batch))
+    decisions = [j.decisions[0] for j in asyncio.run(judge_all(clf, batch))]
     elapsed = time.perf_counter() - start
     assert all(d.ok for d in decisions), [d.verdict.detail for d in decisions if not d.ok]
     return len(batch) / elapsed

@@ -14,23 +14,23 @@ import time
 
 from _common import mean, parse_args, report, setup
 
-from magistrate.engine import Classifier
+from magistrate.engine import Judge
 
 
 def main() -> None:
     args = parse_args(__doc__ or "", default_items=8)
     backend, policy, items = setup(args)
-    score = Classifier(policy, backend, mode="score")
-    reason = Classifier(policy, backend, mode="reason")
+    score = Judge(policy, backend, mode="score")
+    reason = Judge(policy, backend, mode="reason")
     t_score, t_reason, agree = [], [], 0
     for item in items[1 : args.items + 1]:
-        asyncio.run(score.classify(items[0]))  # filler
+        asyncio.run(score.judge(items[0]))  # filler
         start = time.perf_counter()
-        s = asyncio.run(score.classify(item))
+        s = asyncio.run(score.judge(item)).decisions[0]
         t_score.append(time.perf_counter() - start)
-        asyncio.run(score.classify(items[0]))  # filler
+        asyncio.run(score.judge(items[0]))  # filler
         start = time.perf_counter()
-        r = asyncio.run(reason.classify(item))
+        r = asyncio.run(reason.judge(item)).decisions[0]
         t_reason.append(time.perf_counter() - start)
         agree += s.violation is r.violation
     ratio = mean(t_reason) / mean(t_score)

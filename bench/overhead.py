@@ -2,7 +2,7 @@
 
 For each item, the raw call is `Llama.create_completion` on the exact prompt text Magistrate
 renders, with the same greedy sampling and token budget; the Magistrate call is
-`Classifier.classify` (prompt building, label scoring, verdict parsing, the decision). Both
+`Judge.judge` (prompt building, label scoring, verdict parsing, the decision). Both
 run on the same live model, alternating which goes first, and must produce the same text.
 Label calibration is off here so both generate exactly the same tokens. Before each timed
 call an untimed score of a filler item leaves the KV cache holding the policy prefix only
@@ -18,14 +18,14 @@ import time
 
 from _common import parse_args, report, setup
 
-from magistrate.engine import Classifier
+from magistrate.engine import Judge
 
 
 def main() -> None:
     args = parse_args(__doc__ or "", default_items=8)
     backend, policy, items = setup(args)
-    clf = Classifier(policy, backend, mode="reason", calibrated=False, fallback=False)
-    filler = Classifier(policy, backend, mode="score")
+    clf = Judge(policy, backend, mode="reason", calibrated=False, fallback=False)
+    filler = Judge(policy, backend, mode="score")
     llm = backend.llama
     raw_total = ours_total = 0.0
     generated: list[int] = []
@@ -46,14 +46,14 @@ def main() -> None:
             return str(out["choices"][0]["text"])
 
         def ours(item=item) -> str:
-            decision = asyncio.run(clf.classify(item))
+            decision = asyncio.run(clf.judge(item)).decisions[0]
             generated.append(decision.usage.completion_tokens)
             return decision.verdict.answer
 
         runs = [(raw, "raw"), (ours, "ours")] if i % 2 == 0 else [(ours, "ours"), (raw, "raw")]
         answers = {}
         for fn, name in runs:
-            asyncio.run(filler.classify(items[0]))  # cache: policy prefix + another item
+            asyncio.run(filler.judge(items[0]))  # cache: policy prefix + another item
             start = time.perf_counter()
             answers[name] = fn()
             elapsed = time.perf_counter() - start

@@ -13,22 +13,22 @@ import time
 
 from _common import mean, parse_args, report, setup
 
-from magistrate.engine import Classifier
+from magistrate.engine import Judge
 
 
 def main() -> None:
     args = parse_args(__doc__ or "", default_items=6)
     backend, policy, items = setup(args)
-    clf = Classifier(policy, backend, mode="score")
-    asyncio.run(clf.classify(items[0]))  # warm: the policy is now in the KV cache
+    clf = Judge(policy, backend, mode="score")
+    asyncio.run(clf.judge(items[0]))  # warm: the policy is now in the KV cache
     fresh, reused = [], []
     for i in range(args.items):
         backend.llama.reset()
         start = time.perf_counter()
-        asyncio.run(clf.classify(items[i]))
+        asyncio.run(clf.judge(items[i]))
         fresh.append(time.perf_counter() - start)
         start = time.perf_counter()
-        d = asyncio.run(clf.classify(items[i + 1]))
+        d = asyncio.run(clf.judge(items[i + 1])).decisions[0]
         reused.append(time.perf_counter() - start)
         assert d.usage.cached_tokens > 0, "the prefix was not reused"
     ratio = mean(fresh) / mean(reused)

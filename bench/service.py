@@ -13,7 +13,7 @@
    issue's goal), which the ratio to the floor puts in context on a noisy machine.
 2. The embedded model (`--model-items N`, 0 to skip): score-mode throughput through
    /v1/classify (one item per request, 2 requests in flight) vs the engine called directly
-   in process (`Classifier.classify_many`), on the same items, alternating which goes
+   in process (`judge_many`), on the same items, alternating which goes
    first. Target: >= 0.9x.
 
 python bench/service.py [--requests 400] [--clients 4] [--model-items 12]
@@ -38,7 +38,7 @@ import httpx2 as httpx  # the HTTP client the openai package uses here
 from serving import serving
 
 from magistrate.backends.mock import MockBackend, Scripted
-from magistrate.engine import Classifier
+from magistrate.engine import Judge, judge_all
 from magistrate.server import ServerSettings, create_app
 from magistrate.store import Store
 
@@ -161,7 +161,7 @@ def model_throughput(n: int) -> bool:
     backend = get_backend("llamacpp/embedded")
     folder = Path(tempfile.mkdtemp(prefix="mg-bench-"))
     settings = ServerSettings(database=str(folder / "log.db"), cache_ttl_s=0)
-    direct = Classifier("spam", backend, mode="score")
+    direct = Judge("spam", backend, mode="score")
     via_http: list[float] = []
     in_process: list[float] = []
     with serving(create_app(settings, backend=backend)) as srv:
@@ -182,7 +182,7 @@ def model_throughput(n: int) -> bool:
 
         async def directly(tag: str) -> float:
             start = time.perf_counter()
-            await direct.classify_many([f"{t} {tag}" for t in texts])
+            await judge_all(direct, [f"{t} {tag}" for t in texts])
             return time.perf_counter() - start
 
         asyncio.run(directly("warm"))  # the policy's KV prefix, for both

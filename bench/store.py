@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from storehelp import make_decision
 
-from magistrate.engine import Classifier
+from magistrate.engine import Judge
 from magistrate.policy import Policy, load_policy
 from magistrate.store import Recorder, Store
 
@@ -67,16 +67,16 @@ def main() -> None:
 
         backend, policy, items = setup(args)
         store = Store(Path(tmp) / "overhead.db")
-        plain = Classifier(policy, backend, mode="score")
-        logged = Classifier(policy, backend, mode="score", recorder=Recorder(store))
-        asyncio.run(plain.classify(items[0]))  # load the model and the policy prefix
+        plain = Judge(policy, backend, mode="score")
+        logged = Judge(policy, backend, mode="score", recorder=Recorder(store))
+        asyncio.run(plain.judge(items[0]))  # load the model and the policy prefix
         t_plain, t_logged = [], []
         for n, item in enumerate(items[1 : args.items + 1]):
             order = [(plain, t_plain), (logged, t_logged)]
             for clf, times in order if n % 2 == 0 else order[::-1]:
-                asyncio.run(plain.classify(items[0]))  # filler
+                asyncio.run(plain.judge(items[0]))  # filler
                 start = time.perf_counter()
-                asyncio.run(clf.classify(item))
+                asyncio.run(clf.judge(item))
                 times.append(time.perf_counter() - start)
         assert store.count() == len(t_logged) and store.verify().ok
         store.close()

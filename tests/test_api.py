@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import magistrate
+from magistrate import errors
 
 
 def test_public_api_is_exactly_all():
@@ -8,6 +12,7 @@ def test_public_api_is_exactly_all():
     submodules = {
         "backends",
         "cli",
+        "completion",
         "config",
         "decision",
         "embedded",
@@ -42,3 +47,29 @@ def test_errors_form_one_hierarchy():
     ):
         assert issubclass(getattr(magistrate, name), magistrate.MagistrateError)
     assert issubclass(magistrate.BackendTimeout, magistrate.BackendError)
+
+
+def test_importing_magistrate_loads_no_database_driver():
+    """The engine depends on a recorder protocol, not on the store package."""
+    code = "import magistrate, sys; assert 'sqlalchemy' not in sys.modules, 'sqlalchemy loaded'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_every_error_maps_to_one_http_status():
+    table = {
+        errors.TooLarge("x"): (413, "too_large"),
+        errors.NotFound("x"): (404, None),
+        errors.Forbidden("x"): (403, None),
+        errors.Overloaded("x", retry_after=3): (429, "queue_full"),
+        errors.InputError("x"): (422, None),
+        errors.PolicyError("x"): (422, None),
+        errors.StoreUnavailable("x"): (503, "store_unavailable"),
+        errors.BackendTimeout("x"): (503, "backend_unavailable"),
+        errors.ErrorBudgetExceeded("x"): (500, None),
+        ValueError("x"): (500, None),
+    }
+    for exc, (status, code) in table.items():
+        answer = errors.http_status(exc)
+        assert (answer.status, answer.code) == (status, code), type(exc).__name__
+    assert issubclass(errors.StoreUnavailable, errors.StoreError)
+    assert errors.EvalAborted is errors.ErrorBudgetExceeded

@@ -9,16 +9,21 @@ from dataclasses import replace
 import pytest
 
 from magistrate.backends.mock import MockBackend, Scripted
-from magistrate.engine import CombinedClassifier
+from magistrate.engine import Judge
 from magistrate.errors import BackendTimeout, ConfigError, PolicyError
 from magistrate.evaluate.datasets import Dataset, Example
 from magistrate.evaluate.report_table import table_rows
-from magistrate.evaluate.runner import run_combined_eval
+from magistrate.evaluate.runner import evaluate
 from magistrate.item import Item
 from magistrate.policy import PolicyBundle, load_policy
 from magistrate.prompt import build_bundle_prompt
 from magistrate.store import Store
 from magistrate.verdict import ParseStatus, parse_bundle_verdict
+
+
+async def multi_of(dataset, judges, **kwargs):
+    """The multi-policy result of `evaluate`."""
+    return (await evaluate(dataset, judges, **kwargs)).multi
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +98,8 @@ def test_combined_classifier_one_call_one_decision_per_policy(bundle, tmp_path):
     store = Store(tmp_path / "log.db")
     from magistrate.store import Recorder
 
-    clf = CombinedClassifier(bundle, backend, recorder=Recorder(store))
-    hate, violence = asyncio.run(clf.classify("I will hurt you", id="m1"))
+    clf = Judge(bundle, backend, recorder=Recorder(store))
+    hate, violence = asyncio.run(clf.judge("I will hurt you", id="m1")).decisions
     assert len(backend.prompts) == 1
     assert (hate.policy_id, hate.violation) == ("hate", False)
     assert (violence.policy_id, violence.violation, violence.verdict.rule_ids) == (
@@ -110,11 +115,11 @@ def test_combined_classifier_one_call_one_decision_per_policy(bundle, tmp_path):
 
 def test_combined_classifier_falls_back_to_the_grammar_then_abstains(bundle):
     backend = MockBackend(script=["hate: 1", "hate: 1\nviolence: 0\nRationale: HT1.a"])
-    hate, violence = asyncio.run(CombinedClassifier(bundle, backend).classify("x"))
+    hate, violence = asyncio.run(Judge(bundle, backend).judge("x")).decisions
     assert backend.options[1].constrained and hate.ok and violence.ok
     assert violence.options["constrained"] is True
     broken = MockBackend(script=[BackendTimeout("slow")])
-    decisions = asyncio.run(CombinedClassifier(bundle, broken).classify("x"))
+    decisions = asyncio.run(Judge(bundle, broken).judge("x")).decisions
     assert [d.verdict.status for d in decisions] == [ParseStatus.ERROR] * 2
     assert all(d.flagged is None and "slow" in (d.error or "") for d in decisions)
 
@@ -124,7 +129,7 @@ def test_combined_score_mode_needs_a_backend_that_reads_label_slots(bundle):
         capabilities = replace(MockBackend.capabilities, label_slots=False)
 
     with pytest.raises(ConfigError, match="--mode reason"):
-        CombinedClassifier(bundle, NoSlots(), mode="score")
+        Judge(bundle, NoSlots(), mode="score")
 
 
 def test_combined_score_mode_gives_each_policy_its_own_score_and_threshold(bundle):
@@ -137,11 +142,11 @@ def test_combined_score_mode_gives_each_policy_its_own_score_and_threshold(bundl
             Scripted("hate: 0", slot_probs=slots[:1]),  # a slot missing: no verdicts at all
         ]
     )
-    clf = CombinedClassifier([hate, strict], backend, mode="score")
+    clf = Judge([hate, strict], backend, mode="score")
     prompt = clf.prompt(Item.of("x"))
     assert [s.lead for s in prompt.slots] == ["hate: ", "\nviolence: "]
     assert prompt.slots[0].lead == prompt.prefill and prompt.slots[1].candidates == ("0", "1")
-    first, second = (asyncio.run(clf.classify(t)) for t in ("one", "two"))
+    first, second = (asyncio.run(clf.judge(t)).decisions for t in ("one", "two"))
     assert backend.options[0].constrain_label and backend.options[0].scores
     assert [d.verdict.score for d in first] == pytest.approx([0.8, 0.7])
     assert [d.violation for d in first] == [True, False]  # 0.7 is under violence's 0.9
@@ -161,7 +166,7 @@ def test_combined_eval_exact_match_cost_and_cache(bundle, tmp_path):
     answers.append("hate: 0\nviolence: 1")  # the constrained retry for e3's missing line
     store = Store(tmp_path / "log.db")
     backend = MockBackend(script=answers, max_concurrency=1)
-    multi = asyncio.run(run_combined_eval(ds, CombinedClassifier(bundle, backend), store=store))
+    multi = asyncio.run(multi_of(ds, Judge(bundle, backend), store=store))
     # e0 right, e1 violence wrong, e2 right, e3 violence 1 vs False wrong
     assert multi.strategy == "combined" and multi.metrics["exact_match"] == pytest.approx(0.5)
     assert multi.metrics["calls_per_item"] == 1 and multi.metrics["exact_match_items"] == 4
@@ -171,9 +176,7 @@ def test_combined_eval_exact_match_cost_and_cache(bundle, tmp_path):
     assert (anyone["precision"], anyone["recall"]) == (pytest.approx(2 / 3), pytest.approx(2 / 3))
     assert anyone["items"] == 4 and "scores" not in anyone  # reason mode: no scores
     assert json.loads(json.dumps(multi.to_dict()))["strategy"] == "combined"
-    again = asyncio.run(
-        run_combined_eval(ds, CombinedClassifier(bundle, MockBackend(script=[])), store=store)
-    )
+    again = asyncio.run(multi_of(ds, Judge(bundle, MockBackend(script=[])), store=store))
     assert all(r.cached for run in again.runs for r in run.items)
     assert again.metrics["exact_match"] == multi.metrics["exact_match"]
     [row] = table_rows(store.runs())
@@ -192,10 +195,8 @@ def test_combined_score_eval_ranks_by_the_highest_policy_score(bundle):
         for k in range(10)
     ]
     at_half = [replace(p, threshold=0.5) for p in bundle.policies]
-    clf = CombinedClassifier(at_half, MockBackend(script=script, max_concurrency=1), mode="score")
-    multi = asyncio.run(
-        run_combined_eval(Dataset("cats", "mem", examples), clf, threshold_split=0.5)
-    )
+    clf = Judge(at_half, MockBackend(script=script, max_concurrency=1), mode="score")
+    multi = asyncio.run(multi_of(Dataset("cats", "mem", examples), clf, threshold_split=0.5))
     anyone = multi.metrics["any"]
     # max score is violence's k/10: items 6-9 are the top four, so the ranking is perfect;
     # at the default 0.5 items 5-9 flag (k/10 >= 0.5): one false positive.
@@ -207,8 +208,8 @@ def test_combined_score_eval_ranks_by_the_highest_policy_score(bundle):
     # The same policies against an overall label only (ToxicChat's shape): neither has a
     # label of its own, so both count only towards the any-policy answer.
     overall = tuple(replace(e, labels={}) for e in examples)
-    clf = CombinedClassifier(at_half, MockBackend(script=script, max_concurrency=1), mode="score")
-    only_any = asyncio.run(run_combined_eval(Dataset("chat", "mem", overall), clf))
+    clf = Judge(at_half, MockBackend(script=script, max_concurrency=1), mode="score")
+    only_any = asyncio.run(multi_of(Dataset("chat", "mem", overall), clf))
     assert only_any.label_names == [None, None] and only_any.metrics["per_policy"] == {}
     assert only_any.metrics["any"]["scores"]["pr_auc"] == pytest.approx(1.0)
     assert all(len(run.unscored) == 10 for run in only_any.runs)
@@ -216,9 +217,9 @@ def test_combined_score_eval_ranks_by_the_highest_policy_score(bundle):
 
 @pytest.mark.model
 def test_combined_on_the_embedded_model(embedded_backend):
-    clf = CombinedClassifier(["hate", "violence", "self-harm"], embedded_backend)
+    clf = Judge(["hate", "violence", "self-harm"], embedded_backend)
     texts = ["I am going to stab you tomorrow.", "Lovely weather for a picnic today."]
-    threat, picnic = (asyncio.run(clf.classify(t)) for t in texts)
+    threat, picnic = (asyncio.run(clf.judge(t)).decisions for t in texts)
     for decisions in (threat, picnic):
         assert [d.policy_id for d in decisions] == ["hate", "violence", "self-harm"]
         assert all(d.ok for d in decisions), [d.verdict.detail for d in decisions]
@@ -228,9 +229,9 @@ def test_combined_on_the_embedded_model(embedded_backend):
 
 @pytest.mark.model
 def test_combined_score_mode_on_the_embedded_model(embedded_backend):
-    clf = CombinedClassifier(["hate", "violence", "self-harm"], embedded_backend, mode="score")
+    clf = Judge(["hate", "violence", "self-harm"], embedded_backend, mode="score")
     texts = ["I am going to stab you tomorrow.", "Lovely weather for a picnic today."]
-    threat, picnic = (asyncio.run(clf.classify(t)) for t in texts)
+    threat, picnic = (asyncio.run(clf.judge(t)).decisions for t in texts)
     for decisions in (threat, picnic):
         assert all(d.ok and 0.0 <= (d.verdict.score or -1) <= 1.0 for d in decisions)
         assert decisions[0].verdict.answer.startswith("hate: ")
@@ -238,6 +239,6 @@ def test_combined_score_mode_on_the_embedded_model(embedded_backend):
     assert threat[1].verdict.score > picnic[1].verdict.score
     assert threat[1].violation is True and picnic[1].violation is False
     # The same item again reuses the cached policy prefix and gives the same scores.
-    again = asyncio.run(clf.classify(texts[0]))
+    again = asyncio.run(clf.judge(texts[0])).decisions
     assert [d.verdict.score for d in again] == pytest.approx([d.verdict.score for d in threat])
     assert again[0].usage.cached_tokens > 1000

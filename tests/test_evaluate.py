@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 
 from magistrate.backends.mock import MockBackend, Scripted
-from magistrate.engine import Classifier
-from magistrate.errors import ConfigError, InputError, MagistrateError
+from magistrate.engine import Judge
+from magistrate.errors import ConfigError, ErrorBudgetExceeded, InputError, MagistrateError
 from magistrate.evaluate import metrics as m
 from magistrate.evaluate.compare import compare, load_result
 from magistrate.evaluate.datasets import Columns, load_dataset
-from magistrate.evaluate.runner import EvalAborted, run_eval
+from magistrate.evaluate.runner import evaluate
 from magistrate.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,6 +31,16 @@ SHARED = ROOT.parent / "shared" / "data"
 # 10 items: tp=3, fp=1, fn=2, tn=3, one abstention (gold positive).
 GOLD = [True, True, True, False, True, True, False, False, False, True]
 PRED = [True, True, True, True, False, False, False, False, False, None]
+
+
+async def run_eval(dataset, judge, **kwargs):
+    """The single policy's result of `evaluate`."""
+    return (await evaluate(dataset, judge, **kwargs)).runs[0]
+
+
+async def multi_of(dataset, judges, **kwargs):
+    """The multi-policy result of `evaluate`."""
+    return (await evaluate(dataset, judges, **kwargs)).multi
 
 
 def test_binary_metrics_match_the_hand_computed_table():
@@ -233,12 +243,10 @@ def scripted(labels: list[int]) -> MockBackend:
 def test_runner_caches_in_the_decision_log(spam, tmp_path):
     ds = load_dataset(str(small_set(tmp_path)))
     store = Store(tmp_path / "log.db")
-    first = asyncio.run(
-        run_eval(ds, Classifier(spam, scripted([0, 1] * 4), mode="score"), store=store)
-    )
+    first = asyncio.run(run_eval(ds, Judge(spam, scripted([0, 1] * 4), mode="score"), store=store))
     assert first.cached == 0 and first.metrics["f1"] == 1.0
     assert store.count(run_id=first.id) == 8
-    again = asyncio.run(run_eval(ds, Classifier(spam, scripted([]), mode="score"), store=store))
+    again = asyncio.run(run_eval(ds, Judge(spam, scripted([]), mode="score"), store=store))
     assert again.cached == 8 and again.metrics["f1"] == 1.0  # the empty script was never asked
     runs = store.runs()
     assert [r["id"] for r in runs] == [again.id, first.id]
@@ -250,11 +258,11 @@ def test_runner_aborts_past_max_errors(spam, tmp_path):
 
     ds = load_dataset(str(small_set(tmp_path)))
     backend = MockBackend(script=[BackendTimeout("slow")] * 8, max_concurrency=1)
-    with pytest.raises(EvalAborted, match="max-errors 2"):
+    with pytest.raises(ErrorBudgetExceeded, match="max-errors 2"):
         asyncio.run(
             run_eval(
                 ds,
-                Classifier(spam, backend, mode="score"),
+                Judge(spam, backend, mode="score"),
                 store=Store(tmp_path / "log.db"),
                 max_errors=2,
             )
@@ -512,7 +520,7 @@ def test_report_table_takes_the_newest_run_per_set():
 
 def test_several_policies_separately_with_exact_match(tmp_path, spam):
     from magistrate.evaluate.datasets import Dataset, Example
-    from magistrate.evaluate.runner import label_for, run_multi_eval
+    from magistrate.evaluate.runner import label_for
     from magistrate.policy import load_policy
 
     examples = tuple(
@@ -522,10 +530,10 @@ def test_several_policies_separately_with_exact_match(tmp_path, spam):
         for k in range(4)
     )
     ds = Dataset("cats", "mem", examples)
-    hate = Classifier(load_policy("hate"), scripted([1, 0, 1, 0]), mode="score")
+    hate = Judge(load_policy("hate"), scripted([1, 0, 1, 0]), mode="score")
     # every item is judged under every policy, e3 too (its violence label is unknown)
-    violence = Classifier(load_policy("violence"), scripted([1, 0, 0, 0]), mode="score")
-    multi = asyncio.run(run_multi_eval(ds, [hate, violence], store=Store(tmp_path / "l.db")))
+    violence = Judge(load_policy("violence"), scripted([1, 0, 0, 0]), mode="score")
+    multi = asyncio.run(multi_of(ds, [hate, violence], store=Store(tmp_path / "l.db")))
     assert multi.label_names == ["hate", "violence"]
     # violence gold: e0 True, e1 True, e2 False, e3 unknown -> e3 is left out of exact match
     assert multi.metrics["exact_match_items"] == 3
@@ -544,15 +552,14 @@ def test_several_policies_separately_with_exact_match(tmp_path, spam):
 def test_narrow_policies_without_a_label_count_towards_the_overall_answer(tmp_path):
     """Several narrow policies judged against one overall label (ToxicChat's shape)."""
     from magistrate.evaluate.datasets import Dataset, Example
-    from magistrate.evaluate.runner import run_multi_eval
     from magistrate.policy import load_policy
 
     # overall gold [T, T, F, F]; only the `sexual` policy has a label of its own
     examples = tuple(Example(f"e{k}", f"text {k}", k < 2, {"sexual": k == 0}) for k in range(4))
     ds = Dataset("chat", "mem", examples)
-    sexual = Classifier(load_policy("sexual"), scripted([1, 0, 0, 0]), mode="score")
-    hate = Classifier(load_policy("hate"), scripted([0, 1, 1, 0]), mode="score")
-    multi = asyncio.run(run_multi_eval(ds, [sexual, hate], store=Store(tmp_path / "l.db")))
+    sexual = Judge(load_policy("sexual"), scripted([1, 0, 0, 0]), mode="score")
+    hate = Judge(load_policy("hate"), scripted([0, 1, 1, 0]), mode="score")
+    multi = asyncio.run(multi_of(ds, [sexual, hate], store=Store(tmp_path / "l.db")))
     assert multi.label_names == ["sexual", None]
     assert list(multi.metrics["per_policy"]) == ["sexual"]
     assert multi.metrics["exact_match_items"] == 4 and multi.metrics["exact_match"] == 1.0
@@ -575,7 +582,7 @@ def test_narrow_policies_without_a_label_count_towards_the_overall_answer(tmp_pa
     # with no overall label, a policy without its own label has nothing to be scored on
     unlabelled = Dataset("chat", "mem", tuple(replace(e, gold=None) for e in examples))
     with pytest.raises(MagistrateError, match="matches none of the dataset's labels"):
-        asyncio.run(run_multi_eval(unlabelled, [sexual, hate]))
+        asyncio.run(multi_of(unlabelled, [sexual, hate]))
 
 
 def test_teen_safety_shape_judges_prompt_or_response(tmp_path):
@@ -641,3 +648,28 @@ def test_eval_command_both_multi_policy_strategies(tmp_path):
     )  # fmt: skip
     multi = [r["multi_policy_accuracy"] for r in json.loads(table.stdout)["ours"]]
     assert {m["strategy"] for m in multi if m} <= {"separate", "combined"} and any(multi)
+
+
+def test_multi_result_files_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A crash while writing `<id>.multi.json` leaves no half file under the final name."""
+    from magistrate.cli import eval as eval_cli
+    from magistrate.evaluate.datasets import Dataset, Example
+    from magistrate.policy import load_policy
+
+    examples = tuple(Example(f"e{k}", f"text {k}", k < 2, {"hate": k < 2}) for k in range(4))
+    judges = [
+        Judge(load_policy(p), scripted([1, 1, 0, 0]), mode="score") for p in ("hate", "violence")
+    ]
+    multi = asyncio.run(multi_of(Dataset("cats", "mem", examples), judges))
+    real_write = Path.write_text
+
+    def crash_on_multi(self: Path, data: str, *args: object, **kwargs: object) -> int:
+        if ".multi.json" in self.name:
+            real_write(self, data[: len(data) // 2], "utf-8")
+            raise OSError("disk full")
+        return real_write(self, data, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "write_text", crash_on_multi)
+    with pytest.raises(OSError, match="disk full"):
+        eval_cli._report_multi([multi], tmp_path, as_json=True)
+    assert not (tmp_path / f"{multi.id}.multi.json").exists()

@@ -184,6 +184,8 @@ def test_backend_failure_is_never_a_silent_not_flagged(tmp_path):
     with serving(create_app(closed, backend=scripted(BackendTimeout("down")))) as srv:
         mod = httpx.post(f"{srv.url}/v1/moderations", json={"input": "hello"})
         assert mod.status_code == 200 and mod.json()["results"][0]["flagged"] is True
+        # Routed as flagged, but no probability was made: none is shown (it was 1.0).
+        assert mod.json()["results"][0]["category_scores"] == {}
 
 
 def test_a_full_queue_answers_429_with_retry_after(tmp_path):

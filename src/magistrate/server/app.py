@@ -488,8 +488,8 @@ def create_app(
                         {"Retry-After": "5"},
                     )
                 flags[name] = flagged
-                score = decision.verdict.score
-                scores[name] = float(score) if score is not None else (1.0 if flagged else 0.0)
+                if decision.verdict.score is not None:  # a flag is never shown as a probability
+                    scores[name] = float(decision.verdict.score)
                 ids[name] = decision.id
             results.append(
                 ModerationResult(

@@ -260,7 +260,12 @@ class ModerationRequest(BaseModel):
 class ModerationResult(BaseModel):
     flagged: bool
     categories: dict[str, bool]
-    category_scores: dict[str, float]
+    category_scores: dict[str, float] = Field(
+        description="The probability of a violation per category, only where the verdict "
+        "carries one (score mode, or a backend with label probabilities). A category judged "
+        "by a backend without probabilities, or an abstention routed by --on-abstain, is "
+        "absent here: read its flag in `categories`."
+    )
     category_applied_input_types: dict[str, list[str]]
     decision_ids: dict[str, str] = Field(
         description="Magistrate's decision id for each category (for audit and appeal)."

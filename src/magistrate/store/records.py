@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from magistrate.backends.base import Usage
+from magistrate.completion import Usage
 from magistrate.decision import Decision
 from magistrate.verdict import ParseStatus, Verdict
 
