@@ -168,20 +168,24 @@ def test_combined_eval_exact_match_cost_and_cache(bundle, tmp_path):
     backend = MockBackend(script=answers, max_concurrency=1)
     multi = asyncio.run(multi_of(ds, Judge(bundle, backend), store=store))
     # e0 right, e1 violence wrong, e2 right, e3 violence 1 vs False wrong
-    assert multi.strategy == "combined" and multi.metrics["exact_match"] == pytest.approx(0.5)
-    assert multi.metrics["calls_per_item"] == 1 and multi.metrics["exact_match_items"] == 4
-    assert multi.metrics["per_policy"]["hate"]["f1"] == 1.0
+    assert multi.strategy == "combined" and multi.metrics.exact_match == pytest.approx(0.5)
+    assert multi.metrics.calls_per_item == 1 and multi.metrics.exact_match_items == 4
+    assert multi.metrics.per_policy["hate"].f1 == 1.0
     # any policy flagging vs the binary gold [T, T, T, F]: predicted [T, F, T, T]
-    anyone = multi.metrics["any"]
-    assert (anyone["precision"], anyone["recall"]) == (pytest.approx(2 / 3), pytest.approx(2 / 3))
-    assert anyone["items"] == 4 and "scores" not in anyone  # reason mode: no scores
+    anyone = multi.metrics.any
+    assert anyone is not None
+    assert (anyone.precision, anyone.recall) == (pytest.approx(2 / 3), pytest.approx(2 / 3))
+    assert anyone.items == 4 and anyone.scores is None  # reason mode: no scores
     assert json.loads(json.dumps(multi.to_dict()))["strategy"] == "combined"
+    assert multi.runs[0].spec.strategy == "combined"
+    assert multi.runs[0].spec.bundle is not None and multi.runs[0].spec.bundle.hash == bundle.hash
     again = asyncio.run(multi_of(ds, Judge(bundle, MockBackend(script=[])), store=store))
     assert all(r.cached for run in again.runs for r in run.items)
-    assert again.metrics["exact_match"] == multi.metrics["exact_match"]
+    assert again.metrics.exact_match == multi.metrics.exact_match
     [row] = table_rows(store.runs())
-    assert row["multi_policy_accuracy"]["strategy"] == "combined"
-    assert row["multi_policy_accuracy"]["exact_match"] == pytest.approx(0.5)
+    assert row.multi_policy_accuracy is not None
+    assert row.multi_policy_accuracy.strategy == "combined"
+    assert row.multi_policy_accuracy.exact_match == pytest.approx(0.5)
 
 
 def test_combined_score_eval_ranks_by_the_highest_policy_score(bundle):
@@ -197,21 +201,24 @@ def test_combined_score_eval_ranks_by_the_highest_policy_score(bundle):
     at_half = [replace(p, threshold=0.5) for p in bundle.policies]
     clf = Judge(at_half, MockBackend(script=script, max_concurrency=1), mode="score")
     multi = asyncio.run(multi_of(Dataset("cats", "mem", examples), clf, threshold_split=0.5))
-    anyone = multi.metrics["any"]
+    anyone = multi.metrics.any
+    assert anyone is not None and anyone.scores is not None
     # max score is violence's k/10: items 6-9 are the top four, so the ranking is perfect;
     # at the default 0.5 items 5-9 flag (k/10 >= 0.5): one false positive.
-    assert anyone["scores"]["pr_auc"] == pytest.approx(1.0)
-    assert anyone["confusion"]["fp"] == 1 and anyone["recall"] == 1.0
-    assert anyone["threshold_transfer"]["test_items"] == 5
+    assert anyone.scores.pr_auc == pytest.approx(1.0)
+    assert anyone.confusion.fp == 1 and anyone.recall == 1.0
+    assert anyone.threshold_transfer is not None and anyone.threshold_transfer.test_items == 5
     hate = multi.runs[0]
-    assert hate.metrics["scores"]["pr_auc"] == pytest.approx(1.0)  # k/20 ranks 8, 9 on top
+    assert hate.metrics.scores is not None
+    assert hate.metrics.scores.pr_auc == pytest.approx(1.0)  # k/20 ranks 8, 9 on top
     # The same policies against an overall label only (ToxicChat's shape): neither has a
     # label of its own, so both count only towards the any-policy answer.
     overall = tuple(replace(e, labels={}) for e in examples)
     clf = Judge(at_half, MockBackend(script=script, max_concurrency=1), mode="score")
     only_any = asyncio.run(multi_of(Dataset("chat", "mem", overall), clf))
-    assert only_any.label_names == [None, None] and only_any.metrics["per_policy"] == {}
-    assert only_any.metrics["any"]["scores"]["pr_auc"] == pytest.approx(1.0)
+    assert only_any.label_names == [None, None] and only_any.metrics.per_policy == {}
+    assert only_any.metrics.any is not None and only_any.metrics.any.scores is not None
+    assert only_any.metrics.any.scores.pr_auc == pytest.approx(1.0)
     assert all(len(run.unscored) == 10 for run in only_any.runs)
 
 

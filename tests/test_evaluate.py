@@ -13,13 +13,15 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from evalfiles import v1_item, v1_multi_row, v1_result, v1_run_row
 
 from magistrate.backends.mock import MockBackend, Scripted
 from magistrate.engine import Judge
 from magistrate.errors import ConfigError, ErrorBudgetExceeded, InputError, MagistrateError
 from magistrate.evaluate import metrics as m
-from magistrate.evaluate.compare import compare, load_result
+from magistrate.evaluate.compare import compare
 from magistrate.evaluate.datasets import Columns, load_dataset
+from magistrate.evaluate.report import load_result, parse_result
 from magistrate.evaluate.runner import evaluate
 from magistrate.store import Store
 
@@ -244,10 +246,10 @@ def test_runner_caches_in_the_decision_log(spam, tmp_path):
     ds = load_dataset(str(small_set(tmp_path)))
     store = Store(tmp_path / "log.db")
     first = asyncio.run(run_eval(ds, Judge(spam, scripted([0, 1] * 4), mode="score"), store=store))
-    assert first.cached == 0 and first.metrics["f1"] == 1.0
+    assert first.cached == 0 and first.metrics.f1 == 1.0
     assert store.count(run_id=first.id) == 8
     again = asyncio.run(run_eval(ds, Judge(spam, scripted([]), mode="score"), store=store))
-    assert again.cached == 8 and again.metrics["f1"] == 1.0  # the empty script was never asked
+    assert again.cached == 8 and again.metrics.f1 == 1.0  # the empty script was never asked
     runs = store.runs()
     assert [r["id"] for r in runs] == [again.id, first.id]
     assert runs[0]["metrics"]["cached_items"] == 8 and runs[0]["spec"]["dataset"]["items"] == 8
@@ -272,48 +274,28 @@ def test_runner_aborts_past_max_errors(spam, tmp_path):
 # -- compare --------------------------------------------------------------------------------
 
 
-def result(preds: list[bool | None], run: str) -> dict:
-    return {
-        "schema": "magistrate.eval/1",
-        "id": run,
-        "spec": {
-            "policy": {"id": "p", "version": run, "hash": run * 12},
-            "backend": "b",
-            "mode": "score",
-        },
-        "items": [
-            {
-                "id": f"i{k}",
-                "text": f"t{k}",
-                "gold": k < 3,
-                "pred": p,
-                "label": None,
-                "score": None,
-                "rule_ids": [],
-                "rationale": None,
-            }
-            for k, p in enumerate(preds)
-        ],
-    }
+def result(preds: list[bool | None], run: str):
+    """A result read from a `magistrate.eval/1` document (items i0-i2 are violating)."""
+    return parse_result(v1_result(preds, run))
 
 
 def test_compare_reports_deltas_and_flips():
     a = result([True, False, False, True, False], "a")
     b = result([True, True, False, False, False], "b")
     report = compare(a, b, rounds=200)
-    assert report["shared_items"] == 5
-    assert report["deltas"]["recall"]["a"] == pytest.approx(1 / 3)
-    assert report["deltas"]["recall"]["b"] == pytest.approx(2 / 3)
-    assert report["deltas"]["precision"]["delta"] == pytest.approx(1.0 - 0.5)
-    assert [(f["id"], f["fixed"]) for f in report["flips"]] == [("i1", True), ("i3", True)]
-    lo, hi = report["deltas"]["f1"]["ci95"]
-    assert lo <= report["deltas"]["f1"]["delta"] <= hi
+    assert report.shared_items == 5
+    assert report.deltas["recall"].a == pytest.approx(1 / 3)
+    assert report.deltas["recall"].b == pytest.approx(2 / 3)
+    assert report.deltas["precision"].delta == pytest.approx(1.0 - 0.5)
+    assert [(f.id, f.fixed) for f in report.flips] == [("i1", True), ("i3", True)]
+    lo, hi = report.deltas["f1"].ci95
+    assert lo <= report.deltas["f1"].delta <= hi
 
 
 def test_load_result_refuses_other_files(tmp_path):
     bad = tmp_path / "x.json"
     bad.write_text('{"hello": 1}')
-    with pytest.raises(ConfigError, match=r"not a magistrate\.eval/1 result"):
+    with pytest.raises(ConfigError, match=r"not a magistrate\.eval/2 \(or /1\) result"):
         load_result(bad)
 
 
@@ -403,18 +385,16 @@ def test_html_report_renders_in_chromium_without_errors(tmp_path):
     from magistrate.evaluate.report_html import render_html
 
     items = [
-        {
-            "id": f"i{k}",
-            "text": text,
-            "gold": gold,
-            "pred": pred,
-            "label": label,
-            "status": "ok" if pred is not None else "truncated",
-            "score": score,
-            "rule_ids": ["SP3.a"] if pred else [],
-            "rationale": "Prize lure." if pred else None,
-            "detail": None if pred is not None else "token limit",
-        }
+        v1_item(
+            k,
+            gold,
+            pred,
+            text=text,
+            label=label,
+            score=score,
+            rule_ids=["SP3.a"] if pred else [],
+            rationale="Prize lure." if pred else None,
+        )
         for k, (text, gold, pred, label, score) in enumerate(
             [
                 ("<script>alert('x')</script> WIN now", False, True, "1", 0.91),
@@ -430,30 +410,20 @@ def test_html_report_renders_in_chromium_without_errors(tmp_path):
     mtr = m.binary_metrics(gold, pred)
     scored = [(r["gold"], r["score"]) for r in items if r["score"] is not None]
     mtr |= {
+        "statuses": {"ok": 4, "truncated": 1},
         "parse_rate": 0.8,
         "ci95": {"f1": (0.2, 0.9), "precision": (0.1, 1.0), "recall": (0.2, 1.0)},
         "scores": m.score_metrics([g for g, _ in scored], [s for _, s in scored]),
         "pr_curve": m.pr_curve([g for g, _ in scored], [s for _, s in scored]),
         "reliability": m.reliability(gold, [r["score"] for r in items]),
+        "latency_s": {"p50": 0.2, "p95": 0.3},
+        "tokens_per_item": {"prompt": 400.0, "completion": 2.0},
+        "cached_items": 0,
     }
-    result = {
-        "schema": "magistrate.eval/1",
-        "id": "01TESTRUN",
-        "metrics": mtr,
-        "items": items,
-        "spec": {
-            "dataset": {"name": "golden", "hash": "ab" * 32, "items": 5, "positive": "x"},
-            "policy": {"id": "spam", "version": "1", "hash": "cd" * 32},
-            "backend": "llamacpp/x",
-            "mode": "score",
-            "effort": "medium",
-            "created_at": "2026-11-28T00:00:00+00:00",
-            "package_version": "0.1.0",
-            "git_revision": None,
-        },
-    }
+    result = v1_result([True] * 5, "01TESTRUN") | {"metrics": mtr, "items": items}
+    result["spec"] |= {"backend": "llamacpp/x", "mode": "score", "git_revision": None}
     page = tmp_path / "report.html"
-    page.write_text(render_html(result), encoding="utf-8")
+    page.write_text(render_html(parse_result(result)), encoding="utf-8")
     assert "<script>alert" not in page.read_text()  # content is escaped, never markup
     dom = browser(tmp_path, page, "--dump-dom")
     assert 'data-ready="yes"' in dom.stdout, dom.stderr[-2000:]
@@ -472,8 +442,9 @@ def test_compare_page_renders_in_chromium(tmp_path):
     from magistrate.evaluate.report_html import render_compare_html
 
     a = result([True, False, False, True, False], "a")
-    b = result([True, True, False, False, False], "b")
+    b = v1_result([True, True, False, False, False], "b")
     b["items"][1]["text"] = "<img src=x onerror=alert(1)> flipped"
+    b = parse_result(b)
     page = tmp_path / "compare.html"
     page.write_text(render_compare_html(compare(a, b, rounds=100)), encoding="utf-8")
     dom = browser(tmp_path, page, "--dump-dom")
@@ -484,33 +455,22 @@ def test_compare_page_renders_in_chromium(tmp_path):
 def test_report_table_takes_the_newest_run_per_set():
     from magistrate.evaluate.report_table import published_rows, table_rows
 
-    def run(rid, dataset, f1, backend="llamacpp/q"):
-        return {
-            "id": rid,
-            "dataset": dataset,
-            "backend": backend,
-            "mode": "score",
-            "effort": "medium",
-            "policy_id": "p",
-            "spec": {"dataset": {"items": 200}, "policy": {"version": "1"}},
-            "metrics": {
-                "f1": f1,
-                "precision": 0.5,
-                "recall": 0.5,
-                "ci95": {"f1": [f1 - 0.1, f1 + 0.1]},
-            },
-        }
-
     runs = [
-        run("3", "toxicchat~400@7", 0.5),
-        run("2", "openai-moderation-2022~200@7", 0.7),
-        run("1", "openai-moderation-2022", 0.6),
-        run("0", "sms-spam", 0.9),
+        v1_run_row("4", "toxicchat~400@7", 0.5),
+        v1_run_row("3", "openai-moderation-2022~200@7", 0.7),
+        v1_multi_row("2", 0.4),
+        v1_run_row("1", "openai-moderation-2022", 0.6),
+        v1_run_row("0", "sms-spam", 0.9) | {"spec": {}, "metrics": {}},  # not in the table
     ]
     [row] = table_rows(runs)
-    assert row["oai_mod_f1"]["f1"] == 0.7 and row["oai_mod_f1"]["run"] == "2"
-    assert row["toxicchat_f1"]["f1"] == 0.5 and row["multi_policy_accuracy"] is None
-    assert published_rows()[1] == {
+    assert row.oai_mod_f1 is not None and row.toxicchat_f1 is not None
+    assert row.oai_mod_f1.f1 == 0.7 and row.oai_mod_f1.run == "3"
+    assert row.oai_mod_f1.ci95 == pytest.approx((0.6, 0.8)) and row.oai_mod_f1.policy == "spam@1"
+    assert row.toxicchat_f1.f1 == 0.5 and row.toxicchat_f1.items == 200
+    multi = row.multi_policy_accuracy
+    assert multi is not None and (multi.exact_match, multi.items) == (0.4, 90)
+    assert (multi.strategy, multi.policies, multi.run) == ("combined", 2, "2")
+    assert published_rows()[1].model_dump() == {
         "model": "gpt-oss-safeguard-20b",
         "multi_policy_accuracy": 43.6,
         "oai_mod_f1": 82.9,
@@ -536,14 +496,15 @@ def test_several_policies_separately_with_exact_match(tmp_path, spam):
     multi = asyncio.run(multi_of(ds, [hate, violence], store=Store(tmp_path / "l.db")))
     assert multi.label_names == ["hate", "violence"]
     # violence gold: e0 True, e1 True, e2 False, e3 unknown -> e3 is left out of exact match
-    assert multi.metrics["exact_match_items"] == 3
+    assert multi.metrics.exact_match_items == 3
     # e0: hate 1/1, violence 1/1 right; e1: hate 0/0, violence 0 vs True wrong; e2: both right
-    assert multi.metrics["exact_match"] == pytest.approx(2 / 3)
-    assert multi.metrics["per_policy"]["hate"]["f1"] == 1.0 and multi.metrics["calls_per_item"] == 2
+    assert multi.metrics.exact_match == pytest.approx(2 / 3)
+    assert multi.metrics.per_policy["hate"].f1 == 1.0 and multi.metrics.calls_per_item == 2
     # any policy flags vs the binary gold [T, T, T, F], over all 4 items: [T, F, T, F]
-    anyone = multi.metrics["any"]
-    assert anyone["items"] == 4 and anyone["recall"] == pytest.approx(2 / 3)
-    assert anyone["precision"] == 1.0 and anyone["accuracy"] == pytest.approx(3 / 4)
+    anyone = multi.metrics.any
+    assert anyone is not None
+    assert anyone.items == 4 and anyone.recall == pytest.approx(2 / 3)
+    assert anyone.precision == 1.0 and anyone.accuracy == pytest.approx(3 / 4)
     assert len(multi.runs[1].items) == 3 and len(multi.runs[1].unscored) == 1
     assert label_for("sexual-minors", ["sexual", "sexual/minors"]) == "sexual/minors"
     assert label_for("spam", ["hate"]) is None
@@ -561,24 +522,27 @@ def test_narrow_policies_without_a_label_count_towards_the_overall_answer(tmp_pa
     hate = Judge(load_policy("hate"), scripted([0, 1, 1, 0]), mode="score")
     multi = asyncio.run(multi_of(ds, [sexual, hate], store=Store(tmp_path / "l.db")))
     assert multi.label_names == ["sexual", None]
-    assert list(multi.metrics["per_policy"]) == ["sexual"]
-    assert multi.metrics["exact_match_items"] == 4 and multi.metrics["exact_match"] == 1.0
+    assert list(multi.metrics.per_policy) == ["sexual"]
+    assert multi.metrics.exact_match_items == 4 and multi.metrics.exact_match == 1.0
     assert multi.runs[1].items == [] and len(multi.runs[1].unscored) == 4
     # any flags [T, T, T, F] vs [T, T, F, F]
-    anyone = multi.metrics["any"]
-    assert anyone["items"] == 4 and anyone["recall"] == 1.0
-    assert anyone["precision"] == pytest.approx(2 / 3)
+    anyone = multi.metrics.any
+    assert anyone is not None and anyone.items == 4 and anyone.recall == 1.0
+    assert anyone.precision == pytest.approx(2 / 3)
     # the any-policy answer per item, with the policies that flagged it and their decisions
-    rows = {r["id"]: r for r in multi.items}
-    assert [rows[f"e{k}"]["flagged"] for k in range(4)] == [True, True, True, False]
-    assert rows["e0"]["flagged_by"] == ["sexual"] and rows["e2"]["flagged_by"] == ["hate"]
-    assert rows["e3"]["flagged_by"] == [] and rows["e1"]["gold"] is True
-    assert rows["e0"]["score"] == pytest.approx(0.8) and rows["e3"]["score"] == pytest.approx(0.2)
-    assert rows["e1"]["decisions"] == [
+    rows = {r.id: r for r in multi.items}
+    assert [rows[f"e{k}"].flagged for k in range(4)] == [True, True, True, False]
+    assert rows["e0"].flagged_by == ["sexual"] and rows["e2"].flagged_by == ["hate"]
+    assert rows["e3"].flagged_by == [] and rows["e1"].gold is True
+    assert rows["e0"].score == pytest.approx(0.8) and rows["e3"].score == pytest.approx(0.2)
+    assert rows["e1"].decisions == [
         multi.runs[0].items[1].decision.id,
         multi.runs[1].unscored[1].decision.id,
     ]
-    assert multi.to_dict()["items"] == multi.items and "items" not in multi.to_dict(items=False)
+    assert multi.report().items == multi.items
+    assert multi.to_dict()["items"] == [r.document() for r in multi.items]
+    assert "items" not in multi.to_dict(items=False)
+    assert multi.to_dict()["schema"] == "magistrate.eval-multi/2"
     # with no overall label, a policy without its own label has nothing to be scored on
     unlabelled = Dataset("chat", "mem", tuple(replace(e, gold=None) for e in examples))
     with pytest.raises(MagistrateError, match="matches none of the dataset's labels"):

@@ -20,10 +20,24 @@ from magistrate.decision import Decision, OnAbstain
 from magistrate.engine import Judge, Judgement
 from magistrate.errors import ConfigError
 from magistrate.evaluate.compare import compare as compare_results
-from magistrate.evaluate.compare import load_result
 from magistrate.evaluate.datasets import DATA_DIR_ENV, Columns, Dataset, load_dataset
+from magistrate.evaluate.report import (
+    AnyMetrics,
+    EvalReport,
+    Interval,
+    JSONValue,
+    Metrics,
+    load_result,
+)
 from magistrate.evaluate.report_html import render_compare_html, render_html
-from magistrate.evaluate.report_table import published_rows, table_rows
+from magistrate.evaluate.report_table import (
+    F1Cell,
+    MultiCell,
+    PublishedRow,
+    TableRow,
+    published_rows,
+    table_rows,
+)
 from magistrate.evaluate.runner import EvalResult, EvalRun, MultiEvalResult, evaluate
 from magistrate.prompt import Effort, Mode
 from magistrate.store import Store
@@ -190,19 +204,22 @@ def run(
     if len(policy) > 1:
         _report_multi([r.multi for r in runs if r.multi is not None], output, as_json)
         return
-    result = runs[0].runs[0]
+    _report_single(runs[0].runs[0], output, as_json)
+
+
+def _report_single(result: EvalResult, output: Path, as_json: bool) -> None:
+    """Write one policy's result and its page, then print its metrics."""
     path = _write_result(result, output)
-    if as_json:
-        metrics = {k: v for k, v in result.metrics.items() if k != "pr_curve"}
-        out_console.out(
-            json.dumps(
-                {"id": result.id, "result": str(path), "spec": result.spec, "metrics": metrics},
-                indent=2,
-            ),
-            highlight=False,
-        )
-    else:
+    if not as_json:
         _print_summary(result, path)
+        return
+    summary = {
+        "id": result.id,
+        "result": str(path),
+        "spec": result.spec.document(),
+        "metrics": result.metrics.model_dump(mode="json", exclude={"pr_curve"}),
+    }
+    out_console.out(json.dumps(summary, indent=2), highlight=False)
 
 
 def _evaluate(
@@ -271,13 +288,13 @@ def _running_stats(c: dict[str, int]) -> str:
 
 def _write_result(result: EvalResult, output: Path) -> Path:
     path = output / f"{result.id}.json"
-    payload = result.to_dict()
-    _write_json(path, payload)
-    _write_html(payload, path.with_suffix(".html"))
+    report = result.report()
+    _write_json(path, report.document())
+    _write_html(report, path.with_suffix(".html"))
     return path
 
 
-def _write_json(path: Path, payload: Any) -> None:
+def _write_json(path: Path, payload: JSONValue) -> None:
     """Write-then-rename: a reader never sees half a file, a crash leaves none."""
     partial = path.with_name(path.name + ".partial")
     partial.write_text(json.dumps(payload, ensure_ascii=False, indent=1), "utf-8")
@@ -286,20 +303,24 @@ def _write_json(path: Path, payload: Any) -> None:
 
 def _report_multi(results: list[MultiEvalResult], output: Path, as_json: bool) -> None:
     """Write each strategy's per-policy results and `<id>.multi.json`, then print them."""
-    summaries = []
+    written = []
     for multi in results:
         paths = [_write_result(run, output) for run in multi.runs]
-        summary = {**multi.to_dict(items=False), "results": [str(p) for p in paths]}
+        report = multi.report(results=[str(p) for p in paths])
         path = output / f"{multi.id}.multi.json"
-        _write_json(path, {**summary, "items": multi.items})
-        summaries.append({**summary, "result": str(path)})
+        _write_json(path, report.document())
+        written.append((report, path))
     if as_json:
+        summaries = [
+            {**report.model_dump(mode="json", by_alias=True, exclude={"items"}), "result": str(p)}
+            for report, p in written
+        ]
         payload = summaries[0] if len(summaries) == 1 else {"strategies": summaries}
         out_console.out(json.dumps(payload, indent=2), highlight=False)
         return
-    for multi, summary in zip(results, summaries, strict=True):
+    for multi, (_, path) in zip(results, written, strict=True):
         _print_multi(multi)
-        err_console.print(f"Result: {escape(summary['result'])}")
+        err_console.print(f"Result: {escape(str(path))}")
 
 
 def _print_multi(multi: MultiEvalResult) -> None:
@@ -319,50 +340,52 @@ def _print_multi(multi: MultiEvalResult) -> None:
     for run, label in zip(multi.runs, multi.label_names, strict=True):
         mtr = run.metrics
         if label is None:
-            table.add_row(
-                escape(run.spec["policy"]["id"]), "(none: counts in the any-policy answer)"
-            )
+            table.add_row(escape(run.spec.policy.id), "(none: counts in the any-policy answer)")
             continue
         table.add_row(
-            escape(run.spec["policy"]["id"]),
+            escape(run.spec.policy.id),
             escape(label),
-            _ci(mtr["f1"], mtr["ci95"]["f1"]),
-            f"{mtr['precision']:.3f}",
-            f"{mtr['recall']:.3f}",
-            f"{mtr['parse_rate']:.3f}",
-            str(run.spec["dataset"]["items"]),
+            _ci(mtr.f1, mtr.ci95.f1),
+            f"{mtr.precision:.3f}",
+            f"{mtr.recall:.3f}",
+            f"{mtr.parse_rate:.3f}",
+            str(run.spec.dataset.items),
         )
     out_console.print(table)
     mm = multi.metrics
     out_console.print(
-        f"exact match {mm['exact_match']:.3f} over {mm['exact_match_items']} items with every "
-        f"label known · {mm['calls_per_item']} call(s), {mm['seconds_per_item']:.2f} s and "
-        f"{mm['tokens_per_item']:.0f} tokens per item ({multi.strategy})"
+        f"exact match {mm.exact_match:.3f} over {mm.exact_match_items} items with every "
+        f"label known · {mm.calls_per_item} call(s), {mm.seconds_per_item:.2f} s and "
+        f"{mm.tokens_per_item:.0f} tokens per item ({multi.strategy})"
     )
-    anyone = mm.get("any")
-    if anyone:
-        line = (
-            f"any policy flags vs the binary label: F1 {_ci(anyone['f1'], anyone['ci95_f1'])} "
-            f"P {anyone['precision']:.3f} R {anyone['recall']:.3f} over {anyone['items']} items"
+    if mm.any is not None:
+        out_console.print(_any_line(mm.any))
+
+
+def _any_line(anyone: AnyMetrics) -> str:
+    """The any-policy answer of a multi-policy run, in one line."""
+    line = (
+        f"any policy flags vs the binary label: F1 {_ci(anyone.f1, anyone.ci95_f1)} "
+        f"P {anyone.precision:.3f} R {anyone.recall:.3f} over {anyone.items} items"
+    )
+    if anyone.scores is not None:
+        sc = anyone.scores
+        line += (
+            f" · max-score PR-AUC {sc.pr_auc:.3f}, best F1 {sc.best_f1:.3f} at "
+            f"{sc.best_threshold:.3f} (chosen on these items)"
         )
-        if "scores" in anyone:
-            sc = anyone["scores"]
-            line += (
-                f" · max-score PR-AUC {sc['pr_auc']:.3f}, best F1 {sc['best_f1']:.3f} at "
-                f"{sc['best_threshold']:.3f} (chosen on these items)"
-            )
-        if "threshold_transfer" in anyone:
-            t = anyone["threshold_transfer"]
-            line += (
-                f" · threshold {t['threshold']:.3f} on max score -> F1 "
-                f"{_ci(t['test']['f1'], t['test_ci95_f1'])} on {t['test_items']}"
-            )
-        out_console.print(line)
+    if anyone.threshold_transfer is not None:
+        t = anyone.threshold_transfer
+        line += (
+            f" · threshold {t.threshold:.3f} on max score -> F1 "
+            f"{_ci(t.test.f1, t.test_ci95_f1)} on {t.test_items}"
+        )
+    return line
 
 
-def _write_html(data: dict[str, Any], path: Path) -> None:
+def _write_html(report: EvalReport, path: Path) -> None:
     partial = path.with_suffix(".html.partial")
-    partial.write_text(render_html(data), "utf-8")
+    partial.write_text(render_html(report), "utf-8")
     partial.replace(path)
 
 
@@ -379,7 +402,7 @@ def report(
     err_console.print(f"Wrote {escape(str(target))}")
 
 
-def _ci(value: float, ci: list[float] | tuple[float, float] | None) -> str:
+def _ci(value: float, ci: Interval | None) -> str:
     if not ci:
         return f"{value:.3f}"
     return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
@@ -388,47 +411,49 @@ def _ci(value: float, ci: list[float] | tuple[float, float] | None) -> str:
 def _print_summary(result: EvalResult, path: Path) -> None:
     mtr, spec = result.metrics, result.spec
     out_console.print(
-        f"[bold]{escape(spec['dataset']['name'])}[/] ({spec['dataset']['items']} items, "
-        f"{mtr['positives']} positive) · policy {escape(spec['policy']['id'])}@"
-        f"{escape(spec['policy']['version'])} {spec['policy']['hash'][:12]} · "
-        f"{escape(spec['backend'])} · {spec['mode']} mode · effort {spec['effort']}"
+        f"[bold]{escape(spec.dataset.name)}[/] ({spec.dataset.items} items, "
+        f"{mtr.positives} positive) · policy {escape(spec.policy.id)}@"
+        f"{escape(spec.policy.version)} {spec.policy.hash[:12]} · "
+        f"{escape(spec.backend)} · {spec.mode} mode · effort {spec.effort}"
     )
     table = Table("metric", "value", box=None)
-    ci = mtr["ci95"]
-    table.add_row("F1 (95% CI)", _ci(mtr["f1"], ci["f1"]))
-    table.add_row("precision", _ci(mtr["precision"], ci["precision"]))
-    table.add_row("recall", _ci(mtr["recall"], ci["recall"]))
-    table.add_row("accuracy", f"{mtr['accuracy']:.3f}")
-    table.add_row("kappa / MCC", f"{_num(mtr['kappa'])} / {_num(mtr['mcc'])}")
-    table.add_row("parse rate", f"{mtr['parse_rate']:.3f}")
-    table.add_row("abstain rate", f"{mtr['abstain_rate']:.3f} (strict F1 {mtr['strict_f1']:.3f})")
-    if "scores" in mtr:
-        s = mtr["scores"]
-        table.add_row("PR-AUC / ROC-AUC", f"{s['pr_auc']:.3f} / {s['roc_auc']:.3f}")
-        table.add_row(
-            "best-F1 threshold",
-            f"{s['best_threshold']:.3f} (F1 {s['best_f1']:.3f}; chosen on these items: to use "
-            "one, set `threshold:` in the policy's front matter)",
-        )
-    if "threshold_transfer" in mtr:
-        t = mtr["threshold_transfer"]
-        table.add_row(
-            "threshold transfer",
-            f"t={t['threshold']:.3f} from {t['tune_items']} items -> F1 "
-            f"{_ci(t['test']['f1'], t['test_ci95_f1'])} on {t['test_items']}",
-        )
-    lat = mtr["latency_s"]
-    if lat["p50"] is not None:
-        table.add_row("latency p50 / p95", f"{lat['p50']:.2f} s / {lat['p95']:.2f} s")
-    tok = mtr["tokens_per_item"]
-    table.add_row(
-        "tokens / item", f"{tok['prompt']:.0f} prompt, {tok['completion']:.1f} completion"
-    )
-    table.add_row("from cache", f"{mtr['cached_items']} of {spec['dataset']['items']}")
+    table.add_row("F1 (95% CI)", _ci(mtr.f1, mtr.ci95.f1))
+    table.add_row("precision", _ci(mtr.precision, mtr.ci95.precision))
+    table.add_row("recall", _ci(mtr.recall, mtr.ci95.recall))
+    table.add_row("accuracy", f"{mtr.accuracy:.3f}")
+    table.add_row("kappa / MCC", f"{_num(mtr.kappa)} / {_num(mtr.mcc)}")
+    table.add_row("parse rate", f"{mtr.parse_rate:.3f}")
+    table.add_row("abstain rate", f"{mtr.abstain_rate:.3f} (strict F1 {mtr.strict_f1:.3f})")
+    _add_score_rows(table, mtr)
+    lat = mtr.latency_s
+    if lat.p50 is not None and lat.p95 is not None:
+        table.add_row("latency p50 / p95", f"{lat.p50:.2f} s / {lat.p95:.2f} s")
+    tok = mtr.tokens_per_item
+    table.add_row("tokens / item", f"{tok.prompt:.0f} prompt, {tok.completion:.1f} completion")
+    table.add_row("from cache", f"{mtr.cached_items} of {spec.dataset.items}")
     out_console.print(table)
     err_console.print(
         f"Result: {escape(str(path))}  Report: {escape(str(path.with_suffix('.html')))}"
     )
+
+
+def _add_score_rows(table: Table, mtr: Metrics) -> None:
+    """The rows only a scored run has: ranking quality and thresholds."""
+    if mtr.scores is not None:
+        s = mtr.scores
+        table.add_row("PR-AUC / ROC-AUC", f"{s.pr_auc:.3f} / {s.roc_auc:.3f}")
+        table.add_row(
+            "best-F1 threshold",
+            f"{s.best_threshold:.3f} (F1 {s.best_f1:.3f}; chosen on these items: to use "
+            "one, set `threshold:` in the policy's front matter)",
+        )
+    if mtr.threshold_transfer is not None:
+        t = mtr.threshold_transfer
+        table.add_row(
+            "threshold transfer",
+            f"t={t.threshold:.3f} from {t.tune_items} items -> F1 "
+            f"{_ci(t.test.f1, t.test_ci95_f1)} on {t.test_items}",
+        )
 
 
 def _num(value: float | None) -> str:
@@ -453,33 +478,32 @@ def compare(
         partial.replace(html_path)
         err_console.print(f"Wrote {escape(str(html_path))}")
     if as_json:
-        out_console.out(json.dumps(report, ensure_ascii=False, indent=1), highlight=False)
+        dumped = report.model_dump(mode="json")
+        out_console.out(json.dumps(dumped, ensure_ascii=False, indent=1), highlight=False)
         return
-    sa, sb = report["a"]["spec"], report["b"]["spec"]
+    sa, sb = report.a.spec, report.b.spec
     out_console.print(
-        f"A: {escape(sa['policy']['id'])}@{escape(sa['policy']['version'])} "
-        f"{sa['policy']['hash'][:12]} {escape(sa['backend'])} {sa['mode']}\n"
-        f"B: {escape(sb['policy']['id'])}@{escape(sb['policy']['version'])} "
-        f"{sb['policy']['hash'][:12]} {escape(sb['backend'])} {sb['mode']}\n"
-        f"{report['shared_items']} shared items"
+        f"A: {escape(sa.policy.id)}@{escape(sa.policy.version)} "
+        f"{sa.policy.hash[:12]} {escape(sa.backend)} {sa.mode}\n"
+        f"B: {escape(sb.policy.id)}@{escape(sb.policy.version)} "
+        f"{sb.policy.hash[:12]} {escape(sb.backend)} {sb.mode}\n"
+        f"{report.shared_items} shared items"
     )
     table = Table("metric", "A", "B", "B - A (95% CI)", box=None)
-    for name, d in report["deltas"].items():
-        lo, hi = d["ci95"]
-        table.add_row(
-            name, f"{d['a']:.3f}", f"{d['b']:.3f}", f"{d['delta']:+.3f} [{lo:+.3f}, {hi:+.3f}]"
-        )
+    for name, d in report.deltas.items():
+        lo, hi = d.ci95
+        table.add_row(name, f"{d.a:.3f}", f"{d.b:.3f}", f"{d.delta:+.3f} [{lo:+.3f}, {hi:+.3f}]")
     out_console.print(table)
     out_console.print(
-        f"{len(report['flips'])} flipped: {report['fixed']} now right, {report['broken']} now wrong"
+        f"{len(report.flips)} flipped: {report.fixed} now right, {report.broken} now wrong"
     )
-    for flip in report["flips"][:show]:
-        mark = "[green]fixed[/]" if flip["fixed"] else "[red]broken[/]"
-        text = " ".join(flip["text"].split())[:100]
-        why = escape(str(flip["b"]["rationale"] or ""))
+    for flip in report.flips[:show]:
+        mark = "[green]fixed[/]" if flip.fixed else "[red]broken[/]"
+        text = " ".join(flip.text.split())[:100]
+        why = escape(str(flip.b.rationale or ""))
         out_console.print(
-            f"{mark} {escape(flip['id'])} gold={flip['gold']} A={flip['a']['pred']} "
-            f"B={flip['b']['pred']} {escape(text)}\n    B: {why}"
+            f"{mark} {escape(flip.id)} gold={flip.gold} A={flip.a.pred} "
+            f"B={flip.b.pred} {escape(text)}\n    B: {why}"
         )
 
 
@@ -493,8 +517,18 @@ def report_table(
         ours = table_rows(store.runs(limit=10_000))
     published = published_rows()
     if as_json:
-        out_console.out(json.dumps({"ours": ours, "published": published}, indent=2))
+        tables = {
+            "ours": [r.model_dump(mode="json") for r in ours],
+            "published": [p.model_dump(mode="json") for p in published],
+        }
+        out_console.out(json.dumps(tables, indent=2))
         return
+    out_console.print(_ours_table(ours))
+    out_console.print(_published_table(published))
+
+
+def _ours_table(ours: list[TableRow]) -> Table:
+    """The runs measured here, one row per backend, mode and effort."""
     table = Table(
         "model (mode, effort)",
         "multi-policy acc.",
@@ -504,32 +538,37 @@ def report_table(
         title="Measured here (F1 x100, 95% CI; items)",
         title_justify="left",
     )
-
-    def cell(entry: dict[str, Any] | None) -> str:
-        if entry is None:
-            return "-"
-        ci = entry["ci95"]
-        interval = f" [{ci[0] * 100:.1f}, {ci[1] * 100:.1f}]" if ci else ""
-        return f"{entry['f1'] * 100:.1f}{interval} (n={entry['items']}, {entry['policy']})"
-
-    def multi_cell(entry: dict[str, Any] | None) -> str:
-        if entry is None:
-            return "-"
-        return (
-            f"{entry['exact_match'] * 100:.1f}% (n={entry['items']}, {entry['policies']} "
-            f"policies {entry['strategy']}, {escape(entry['dataset'])})"
-        )
-
     for row in ours:
         table.add_row(
-            escape(f"{row['backend']} ({row['mode']}, {row['effort']})"),
-            multi_cell(row["multi_policy_accuracy"]),
-            cell(row.get("oai_mod_f1")),
-            cell(row.get("toxicchat_f1")),
+            escape(f"{row.backend} ({row.mode}, {row.effort})"),
+            _multi_cell(row.multi_policy_accuracy),
+            _f1_cell(row.oai_mod_f1),
+            _f1_cell(row.toxicchat_f1),
         )
     if not ours:
         table.add_row("(no runs on openai-moderation-2022 or toxicchat yet)", "", "", "")
-    out_console.print(table)
+    return table
+
+
+def _f1_cell(entry: F1Cell | None) -> str:
+    if entry is None:
+        return "-"
+    ci = entry.ci95
+    interval = f" [{ci[0] * 100:.1f}, {ci[1] * 100:.1f}]" if ci else ""
+    return f"{entry.f1 * 100:.1f}{interval} (n={entry.items}, {entry.policy})"
+
+
+def _multi_cell(entry: MultiCell | None) -> str:
+    if entry is None:
+        return "-"
+    return (
+        f"{entry.exact_match * 100:.1f}% (n={entry.items}, {entry.policies} "
+        f"policies {entry.strategy}, {escape(entry.dataset)})"
+    )
+
+
+def _published_table(published: list[PublishedRow]) -> Table:
+    """The technical report's own rows, for reference."""
     ref = Table(
         "model",
         "multi-policy acc.",
@@ -542,9 +581,9 @@ def report_table(
     )
     for p in published:
         ref.add_row(
-            p["model"],
-            f"{p['multi_policy_accuracy']:.1f}%",
-            f"{p['oai_mod_f1']:.1f}",
-            f"{p['toxicchat_f1']:.1f}",
+            p.model,
+            f"{p.multi_policy_accuracy:.1f}%",
+            f"{p.oai_mod_f1:.1f}",
+            f"{p.toxicchat_f1:.1f}",
         )
-    out_console.print(ref)
+    return ref

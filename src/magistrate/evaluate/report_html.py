@@ -9,7 +9,9 @@ content), and a Content-Security-Policy forbids loading anything from anywhere.
 from __future__ import annotations
 
 import html
-from typing import Any
+
+from magistrate.evaluate.compare import Comparison
+from magistrate.evaluate.report import Confusion, EvalReport, EvalSpec, ItemRow, Metrics
 
 _CSP = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:"
 
@@ -53,60 +55,69 @@ document.addEventListener('DOMContentLoaded', () => {
 """
 
 
-def _e(value: Any) -> str:
+Card = tuple[str, float | None, tuple[float, float] | None]
+
+
+def _e(value: object) -> str:
     return html.escape("" if value is None else str(value), quote=True)
 
 
-def _fmt(value: Any, digits: int = 3) -> str:
+def _fmt(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def render_html(result: dict[str, Any]) -> str:
-    """The report for a result dict (as written to `<run id>.json`)."""
-    spec, mtr, items = result["spec"], result["metrics"], result["items"]
-    ci = mtr.get("ci95", {})
-    cards = [
-        ("F1", mtr["f1"], ci.get("f1")),
-        ("precision", mtr["precision"], ci.get("precision")),
-        ("recall", mtr["recall"], ci.get("recall")),
-        ("accuracy", mtr["accuracy"], None),
-        ("parse rate", mtr.get("parse_rate"), None),
-        ("abstain rate", mtr.get("abstain_rate"), None),
+def _cards(mtr: Metrics) -> str:
+    """The headline figures, each with its 95% interval where there is one."""
+    ci = mtr.ci95
+    cards: list[Card] = [
+        ("F1", mtr.f1, ci.f1),
+        ("precision", mtr.precision, ci.precision),
+        ("recall", mtr.recall, ci.recall),
+        ("accuracy", mtr.accuracy, None),
+        ("parse rate", mtr.parse_rate, None),
+        ("abstain rate", mtr.abstain_rate, None),
     ]
-    if "scores" in mtr:
-        cards.append(("PR-AUC", mtr["scores"]["pr_auc"], None))
-    if "threshold_transfer" in mtr:
-        t = mtr["threshold_transfer"]
+    if mtr.scores is not None:
+        cards.append(("PR-AUC", mtr.scores.pr_auc, None))
+    if mtr.threshold_transfer is not None:
+        t = mtr.threshold_transfer
         cards.append(
-            (
-                f"F1 at t={t['threshold']:.2f} (held-out part)",
-                t["test"]["f1"],
-                t.get("test_ci95_f1"),
-            )
+            (f"F1 at t={t.threshold:.2f} (held-out part)", t.test.f1, t.test_ci95_f1),
         )
-    card_html = "".join(
+    return "".join(
         f'<div class="card"><b>{_fmt(v)}</b><span>{_e(name)}'
         + (f" [{_fmt(c[0])}, {_fmt(c[1])}]" if c else "")
         + "</span></div>"
         for name, v, c in cards
     )
-    rows = [r for r in items if r["pred"] is None or r["pred"] != r["gold"]]
+
+
+def _meta(report: EvalReport) -> str:
+    """The line under the title: which run, model, policy and dataset."""
+    spec, mtr = report.spec, report.metrics
+    return f"""run {_e(report.id)} · {_e(spec.created_at)} · {_e(spec.backend)} ·
+{_e(spec.mode)} mode · effort {_e(spec.effort)} · policy {_e(spec.policy.hash[:12])} ·
+dataset {_e(spec.dataset.hash[:12])} ({_e(spec.dataset.items)} items,
+{_e(mtr.positives)} positive: {_e(spec.dataset.positive)}) ·
+magistrate {_e(spec.package_version)} {_e((spec.git_revision or "")[:10])}"""
+
+
+def render_html(report: EvalReport) -> str:
+    """The report page of one policy's result (as written to `<run id>.json`)."""
+    spec, mtr, items = report.spec, report.metrics, report.items
+    rows = [r for r in items if r.pred is None or r.pred != r.gold]
     body = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="{_CSP}">
-<title>Magistrate eval {_e(result["id"])}</title><style>{_STYLE}</style>
+<title>Magistrate eval {_e(report.id)}</title><style>{_STYLE}</style>
 <script>{_SCRIPT}</script></head>
 <body data-ready="no">
-<h1>{_e(spec["dataset"]["name"])} · {_e(spec["policy"]["id"])}@{_e(spec["policy"]["version"])}</h1>
-<div class="meta">run {_e(result["id"])} · {_e(spec["created_at"])} · {_e(spec["backend"])} ·
-{_e(spec["mode"])} mode · effort {_e(spec["effort"])} · policy {_e(spec["policy"]["hash"][:12])} ·
-dataset {_e(spec["dataset"]["hash"][:12])} ({_e(spec["dataset"]["items"])} items,
-{_e(mtr["positives"])} positive: {_e(spec["dataset"].get("positive"))}) ·
-magistrate {_e(spec.get("package_version"))} {_e((spec.get("git_revision") or "")[:10])}</div>
-<div class="cards">{card_html}</div>
+<h1>{_e(spec.dataset.name)} · {_e(spec.policy.id)}@{_e(spec.policy.version)}</h1>
+<div class="meta">{_meta(report)}</div>
+<div class="cards">{_cards(mtr)}</div>
 <h2>Charts</h2><div class="charts">
-<figure>{_confusion(mtr["confusion"])}<figcaption>Confusion matrix (abstained:
-{_e(mtr["confusion"]["abstained"])})</figcaption></figure>
+<figure>{_confusion(mtr.confusion)}<figcaption>Confusion matrix (abstained:
+{_e(mtr.confusion.abstained)})</figcaption></figure>
 {_pr_figure(mtr)}{_histogram_figure(items)}{_reliability_figure(mtr)}
 </div>
 <h2>Disagreements (<span id="shown">{len(rows)}</span> shown of {len(rows)})</h2>
@@ -123,21 +134,21 @@ magistrate {_e(spec.get("package_version"))} {_e((spec.get("git_revision") or ""
     return body
 
 
-def _row(r: dict[str, Any]) -> str:
-    kind = "ab" if r["pred"] is None else ("fp" if r["pred"] else "fn")
+def _row(r: ItemRow) -> str:
+    kind = "ab" if r.pred is None else ("fp" if r.pred else "fn")
     names = {"ab": "abstained", "fp": "false positive", "fn": "false negative"}
-    reason = r.get("rationale") or (r.get("detail") or r.get("status") if kind == "ab" else "-")
-    predicted = r.get("label") if r["pred"] is not None else r.get("status")
+    reason = r.rationale or (r.detail or r.status if kind == "ab" else "-")
+    predicted = r.label if r.pred is not None else r.status
     return (
-        f'<tr data-kind="{kind}"><td>{_e(r["id"])}</td><td class="{kind}">{names[kind]}</td>'
-        f'<td class="text">{_e(r["text"])}</td><td>{"violating" if r["gold"] else "not"}</td>'
-        f"<td>{_e(predicted)}</td><td>{_fmt(r.get('score'))}</td>"
-        f"<td>{_e(', '.join(r.get('rule_ids') or []))}</td><td>{_e(reason)}</td></tr>"
+        f'<tr data-kind="{kind}"><td>{_e(r.id)}</td><td class="{kind}">{names[kind]}</td>'
+        f'<td class="text">{_e(r.text)}</td><td>{"violating" if r.gold else "not"}</td>'
+        f"<td>{_e(predicted)}</td><td>{_fmt(r.score)}</td>"
+        f"<td>{_e(', '.join(r.rule_ids))}</td><td>{_e(reason)}</td></tr>"
     )
 
 
-def _confusion(c: dict[str, int]) -> str:
-    total = max(1, c["tp"] + c["fp"] + c["fn"] + c["tn"])
+def _confusion(c: Confusion) -> str:
+    total = max(1, c.tp + c.fp + c.fn + c.tn)
 
     def cell(n: int, good: bool) -> str:
         alpha = 0.15 + 0.7 * n / total
@@ -146,20 +157,20 @@ def _confusion(c: dict[str, int]) -> str:
 
     return (
         '<table class="cm"><tr><th></th><th>predicted violating</th><th>predicted not</th></tr>'
-        f"<tr><th>gold violating</th>{cell(c['tp'], True)}{cell(c['fn'], False)}</tr>"
-        f"<tr><th>gold not</th>{cell(c['fp'], False)}{cell(c['tn'], True)}</tr></table>"
+        f"<tr><th>gold violating</th>{cell(c.tp, True)}{cell(c.fn, False)}</tr>"
+        f"<tr><th>gold not</th>{cell(c.fp, False)}{cell(c.tn, True)}</tr></table>"
     )
 
 
-def _pr_figure(mtr: dict[str, Any]) -> str:
-    points = mtr.get("pr_curve")
-    if not points:
+def _pr_figure(mtr: Metrics) -> str:
+    points = mtr.pr_curve
+    if not points or mtr.scores is None:
         return "<figure><figcaption>No scores: no PR curve.</figcaption></figure>"
     w, h, pad = 320, 240, 30
     coords = " ".join(
         f"{pad + r * (w - 2 * pad):.1f},{h - pad - p * (h - 2 * pad):.1f}" for r, p in points
     )
-    auc = mtr["scores"]["pr_auc"]
+    auc = mtr.scores.pr_auc
     return (
         f'<figure><svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
         f'role="img" aria-label="precision-recall curve">'
@@ -172,24 +183,24 @@ def _pr_figure(mtr: dict[str, Any]) -> str:
     )
 
 
-def _reliability_figure(mtr: dict[str, Any]) -> str:
-    table = mtr.get("reliability")
-    if not table or not table.get("bins"):
+def _reliability_figure(mtr: Metrics) -> str:
+    table = mtr.reliability
+    if table is None or not table.bins:
         return "<figure><figcaption>No scores: no reliability diagram.</figcaption></figure>"
     w, h, pad = 320, 240, 30
-    top = max(b["n"] for b in table["bins"])
+    top = max(b.n for b in table.bins)
 
     def xy(score: float, rate: float) -> tuple[float, float]:
         return pad + score * (w - 2 * pad), h - pad - rate * (h - 2 * pad)
 
     dots = []
-    for b in table["bins"]:
-        x, y = xy(b["mean_score"], b["positive_rate"])
-        radius = 2 + 6 * (b["n"] / top) ** 0.5
+    for b in table.bins:
+        x, y = xy(b.mean_score, b.positive_rate)
+        radius = 2 + 6 * (b.n / top) ** 0.5
         dots.append(
             f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{radius:.1f}" fill="#1565c0" '
-            f'fill-opacity="0.7"><title>{b["n"]} items, mean score {b["mean_score"]:.2f}, '
-            f"{b['positive_rate']:.0%} violating</title></circle>"
+            f'fill-opacity="0.7"><title>{b.n} items, mean score {b.mean_score:.2f}, '
+            f"{b.positive_rate:.0%} violating</title></circle>"
         )
     x0, y0 = xy(0, 0)
     x1, y1 = xy(1, 1)
@@ -201,12 +212,12 @@ def _reliability_figure(mtr: dict[str, Any]) -> str:
         f'<text x="{w / 2}" y="{h - 6}" font-size="11" text-anchor="middle">mean score in '
         f'bin</text><text x="10" y="{h / 2}" font-size="11" transform="rotate(-90 10 {h / 2})" '
         f'text-anchor="middle">share violating</text></svg><figcaption>Reliability (ECE '
-        f"{table['ece']:.3f}): dots on the diagonal are calibrated</figcaption></figure>"
+        f"{table.ece:.3f}): dots on the diagonal are calibrated</figcaption></figure>"
     )
 
 
-def _histogram_figure(items: list[dict[str, Any]]) -> str:
-    scored = [(r["gold"], r["score"]) for r in items if r.get("score") is not None]
+def _histogram_figure(items: list[ItemRow]) -> str:
+    scored = [(r.gold, r.score) for r in items if r.score is not None]
     if not scored:
         return "<figure><figcaption>No scores: no histogram.</figcaption></figure>"
     bins = 10
@@ -236,40 +247,40 @@ def _histogram_figure(items: list[dict[str, Any]]) -> str:
     )
 
 
-def render_compare_html(report: dict[str, Any]) -> str:
+def _who(spec: EvalSpec) -> str:
+    p = spec.policy
+    return _e(f"{p.id}@{p.version} {p.hash[:12]} · {spec.backend} · {spec.mode}")
+
+
+def render_compare_html(report: Comparison) -> str:
     """The comparison of two runs (as `evaluate.compare.compare` returns it) as one page."""
-    sa, sb = report["a"]["spec"], report["b"]["spec"]
-
-    def who(spec: dict[str, Any]) -> str:
-        p = spec["policy"]
-        return _e(f"{p['id']}@{p['version']} {p['hash'][:12]} · {spec['backend']} · {spec['mode']}")
-
     deltas = "".join(
-        f"<tr><td>{_e(name)}</td><td>{_fmt(d['a'])}</td><td>{_fmt(d['b'])}</td>"
-        f"<td>{d['delta']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]</td></tr>"
-        for name, d in report["deltas"].items()
+        f"<tr><td>{_e(name)}</td><td>{_fmt(d.a)}</td><td>{_fmt(d.b)}</td>"
+        f"<td>{d.delta:+.3f} [{d.ci95[0]:+.3f}, {d.ci95[1]:+.3f}]</td></tr>"
+        for name, d in report.deltas.items()
     )
     flips = "".join(
-        f'<tr data-kind="{"fixed" if f["fixed"] else "broken"}"><td>{_e(f["id"])}</td>'
-        f'<td class="{"fn" if not f["fixed"] else ""}">{"fixed" if f["fixed"] else "broken"}</td>'
-        f'<td class="text">{_e(f["text"])}</td><td>{"violating" if f["gold"] else "not"}</td>'
-        f"<td>{_e(f['a']['label'])} {_fmt(f['a']['score'])}</td>"
-        f"<td>{_e(f['b']['label'])} {_fmt(f['b']['score'])}</td>"
-        f"<td>{_e(f['b']['rationale'] or f['a']['rationale'])}</td></tr>"
-        for f in report["flips"]
+        f'<tr data-kind="{"fixed" if f.fixed else "broken"}"><td>{_e(f.id)}</td>'
+        f'<td class="{"fn" if not f.fixed else ""}">{"fixed" if f.fixed else "broken"}</td>'
+        f'<td class="text">{_e(f.text)}</td><td>{"violating" if f.gold else "not"}</td>'
+        f"<td>{_e(f.a.label)} {_fmt(f.a.score)}</td>"
+        f"<td>{_e(f.b.label)} {_fmt(f.b.score)}</td>"
+        f"<td>{_e(f.b.rationale or f.a.rationale)}</td></tr>"
+        for f in report.flips
     )
+    who_a, who_b = _who(report.a.spec), _who(report.b.spec)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="{_CSP}">
 <title>Magistrate compare</title><style>{_STYLE}</style><script>{_SCRIPT}</script></head>
 <body data-ready="no">
 <h1>Comparison of two eval runs</h1>
-<div class="meta">A: {who(sa)}<br>B: {who(sb)}<br>{report["shared_items"]} shared items</div>
+<div class="meta">A: {who_a}<br>B: {who_b}<br>{report.shared_items} shared items</div>
 <h2>Metrics (B - A, paired bootstrap 95% CI)</h2>
 <table class="items"><thead><tr><th>metric</th><th>A</th><th>B</th><th>B - A</th></tr></thead>
 <tbody>{deltas}</tbody></table>
-<h2>Flipped items (<span id="shown">{len(report["flips"])}</span>: {report["fixed"]} fixed,
-{report["broken"]} broken)</h2>
+<h2>Flipped items (<span id="shown">{len(report.flips)}</span>: {report.fixed} fixed,
+{report.broken} broken)</h2>
 <div class="controls"><select id="kind" aria-label="kind"><option value="all">all</option>
 <option value="fixed">fixed</option><option value="broken">broken</option></select>
 <input id="q" type="search" placeholder="filter" aria-label="search"></div>

@@ -3,7 +3,16 @@ rows beside them for reference (published, not reproduced here)."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping, Sequence
+
+from magistrate.evaluate.report import (
+    Interval,
+    MultiRunRecord,
+    ReportModel,
+    SingleRunRecord,
+    Strategy,
+    read_run,
+)
 
 PUBLISHED = [
     # model, multi-policy accuracy %, OpenAI Moderation 2022 F1, ToxicChat F1
@@ -17,54 +26,115 @@ PUBLISHED = [
 """gpt-oss-safeguard technical report, Tables 1 and 2 (OpenAI's prompts and harness)."""
 
 COLUMNS = {"openai-moderation-2022": "oai_mod_f1", "toxicchat": "toxicchat_f1"}
+"""The public sets with a column of their own, by dataset name (before any `~`, `[`, `:`)."""
 
 
-def table_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+class F1Cell(ReportModel):
+    """One single-policy run in the table: its F1 with interval, on how many items."""
+
+    f1: float
+    ci95: Interval | None
+    precision: float
+    recall: float
+    items: int
+    dataset: str
+    policy: str
+    """`id@version` of the policy judged."""
+    run: str
+
+
+class MultiCell(ReportModel):
+    """One multi-policy run in the table: its exact match, on how many items."""
+
+    exact_match: float
+    items: int
+    strategy: Strategy
+    dataset: str
+    policies: int
+    run: str
+
+
+class TableRow(ReportModel):
+    """One (backend, mode, effort): the newest run of each column; None where none ran."""
+
+    backend: str
+    mode: str
+    effort: str
+    multi_policy_accuracy: MultiCell | None = None
+    oai_mod_f1: F1Cell | None = None
+    toxicchat_f1: F1Cell | None = None
+
+
+class PublishedRow(ReportModel):
+    """A row of the technical report's tables (percentages)."""
+
+    model: str
+    multi_policy_accuracy: float
+    oai_mod_f1: float
+    toxicchat_f1: float
+
+
+def table_rows(runs: Sequence[Mapping[str, object]]) -> list[TableRow]:
     """One row per (backend, mode, effort): the newest run on each public set.
 
-    `runs` are eval runs as `Store.runs()` returns them (newest first).
+    `runs` are eval runs as `Store.runs()` returns them (newest first), from any version.
+
+    Raises:
+        ConfigError: A run on a public set is not one `magistrate eval` wrote.
     """
-    rows: dict[tuple[str, str, str], dict[str, Any]] = {}
-    for run in runs:
-        key = (run["backend"], run["mode"], run["effort"])
-        multi = run["spec"].get("kind") == "multi"
-        base = run["dataset"].split("~")[0].split("[")[0].split(":")[0]
-        column = "multi_policy_accuracy" if multi else COLUMNS.get(base)
+    rows: dict[tuple[str, str, str], TableRow] = {}
+    for raw in runs:
+        column = _column(raw)
         if column is None:
             continue
-        row = rows.setdefault(
-            key,
-            {"backend": key[0], "mode": key[1], "effort": key[2], "multi_policy_accuracy": None},
-        )
-        if multi:
-            if row["multi_policy_accuracy"] is None:
-                row["multi_policy_accuracy"] = {
-                    "exact_match": run["metrics"]["exact_match"],
-                    "items": run["metrics"]["exact_match_items"],
-                    "strategy": run["spec"]["strategy"],
-                    "dataset": run["spec"]["dataset"]["name"],
-                    "policies": len(run["spec"]["policies"]),
-                    "run": run["id"],
-                }
-            continue
-        if column in row:
-            continue  # an older run of the same set
-        metrics = run["metrics"]
-        row[column] = {
-            "f1": metrics["f1"],
-            "ci95": metrics.get("ci95", {}).get("f1"),
-            "precision": metrics["precision"],
-            "recall": metrics["recall"],
-            "items": run["spec"]["dataset"]["items"],
-            "dataset": run["dataset"],
-            "policy": f"{run['policy_id']}@{run['spec']['policy']['version']}",
-            "run": run["id"],
-        }
+        run = read_run(raw)
+        key = (run.backend, run.mode, run.effort)
+        row = rows.setdefault(key, TableRow(backend=run.backend, mode=run.mode, effort=run.effort))
+        if isinstance(run, MultiRunRecord):
+            if row.multi_policy_accuracy is None:
+                row.multi_policy_accuracy = _multi_cell(run)
+        elif getattr(row, column) is None:  # else an older run of the same set
+            setattr(row, column, _f1_cell(run))
     return list(rows.values())
 
 
-def published_rows() -> list[dict[str, Any]]:
+def _column(run: Mapping[str, object]) -> str | None:
+    """The table column a stored run belongs in, or None for a run the table leaves out."""
+    spec = run.get("spec")
+    if isinstance(spec, dict) and spec.get("kind") == "multi":
+        return "multi_policy_accuracy"
+    base = str(run.get("dataset", "")).split("~")[0].split("[")[0].split(":")[0]
+    return COLUMNS.get(base)
+
+
+def _multi_cell(run: MultiRunRecord) -> MultiCell:
+    return MultiCell(
+        exact_match=run.metrics.exact_match,
+        items=run.metrics.exact_match_items,
+        strategy=run.spec.strategy,
+        dataset=run.spec.dataset.name,
+        policies=len(run.spec.policies),
+        run=run.id,
+    )
+
+
+def _f1_cell(run: SingleRunRecord) -> F1Cell:
+    metrics = run.metrics
+    return F1Cell(
+        f1=metrics.f1,
+        ci95=metrics.ci95.f1,
+        precision=metrics.precision,
+        recall=metrics.recall,
+        items=run.spec.dataset.items,
+        dataset=run.dataset,
+        policy=f"{run.policy_id}@{run.spec.policy.version}",
+        run=run.id,
+    )
+
+
+def published_rows() -> list[PublishedRow]:
+    """The published rows, for reference beside ours."""
     return [
-        {"model": m, "multi_policy_accuracy": a, "oai_mod_f1": o, "toxicchat_f1": t}
+        PublishedRow(model=m, multi_policy_accuracy=a, oai_mod_f1=o, toxicchat_f1=t)
         for m, a, o, t in PUBLISHED
     ]

@@ -13,19 +13,21 @@ after another so each policy's prompt prefix stays warm), or one judge of severa
 
 Example:
     >>> run = asyncio.run(evaluate(dataset, Judge("spam", mode="score"), store=Store()))
-    >>> run.runs[0].metrics["f1"], run.runs[0].cached
+    >>> run.runs[0].metrics.f1, run.runs[0].cached
 """
 
 from __future__ import annotations
 
+import random
 import subprocess
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
 from magistrate import __version__
 from magistrate.decision import Decision, any_of
@@ -33,12 +35,40 @@ from magistrate.engine import Judge, Judgement, Lookup, judge_all
 from magistrate.errors import EvalAborted, MagistrateError
 from magistrate.evaluate import metrics as m
 from magistrate.evaluate.datasets import Dataset, Example
+from magistrate.evaluate.report import (
+    RESULT_SCHEMA,
+    AnyMetrics,
+    AnyPolicyRow,
+    BundleRef,
+    DatasetRef,
+    EvalReport,
+    EvalSpec,
+    HeldOut,
+    Intervals,
+    ItemRow,
+    JSONValue,
+    Latency,
+    Metrics,
+    MultiDatasetRef,
+    MultiMetrics,
+    MultiReport,
+    MultiRunRecord,
+    MultiSpec,
+    PolicyFigures,
+    PolicyRef,
+    Reliability,
+    ScoreMetrics,
+    SingleRunRecord,
+    Strategy,
+    ThresholdTransfer,
+    TokensPerItem,
+)
 from magistrate.ids import new_ulid
 from magistrate.item import Item
 from magistrate.policy import Policy, bundle_hash
 from magistrate.store import DecisionFilter, Recorder, Store
 
-RESULT_SCHEMA = "magistrate.eval/1"
+_M = TypeVar("_M", ScoreMetrics, Reliability)
 
 
 @dataclass(frozen=True)
@@ -53,29 +83,34 @@ class ItemResult:
     def pred(self) -> bool | None:
         return self.decision.verdict.violation if self.decision.ok else None
 
-    def to_dict(self) -> dict[str, Any]:
+    def row(self) -> ItemRow:
+        """The item's row in the result file (needs a known gold label)."""
         v = self.decision.verdict
-        return {
-            "id": self.example.id,
-            "text": self.example.text,
-            "gold": self.example.gold,
-            "labels": dict(self.example.labels),
-            "pred": self.pred,
-            "label": v.label,
-            "status": v.status.value,
-            "score": v.score,
-            "category": v.category,
-            "rule_ids": list(v.rule_ids),
-            "unknown_rule_ids": list(v.unknown_rule_ids),
-            "rationale": v.rationale,
-            "reasoning": self.decision.reasoning,
-            "detail": v.detail,
-            "decision_id": self.decision.id,
-            "latency_s": self.decision.latency_s,
-            "prompt_tokens": self.decision.usage.prompt_tokens,
-            "completion_tokens": self.decision.usage.completion_tokens,
-            "cached": self.cached,
-        }
+        return ItemRow(
+            id=self.example.id,
+            text=self.example.text,
+            gold=bool(self.example.gold),
+            labels=dict(self.example.labels),
+            pred=self.pred,
+            label=v.label,
+            status=v.status,
+            score=v.score,
+            category=v.category,
+            rule_ids=list(v.rule_ids),
+            unknown_rule_ids=list(v.unknown_rule_ids),
+            rationale=v.rationale,
+            reasoning=self.decision.reasoning,
+            detail=v.detail,
+            decision_id=self.decision.id,
+            latency_s=self.decision.latency_s,
+            prompt_tokens=self.decision.usage.prompt_tokens,
+            completion_tokens=self.decision.usage.completion_tokens,
+            cached=self.cached,
+        )
+
+    def to_dict(self) -> dict[str, JSONValue]:
+        """The row as JSON (`row().document()`)."""
+        return self.row().document()
 
 
 @dataclass
@@ -83,9 +118,9 @@ class EvalResult:
     """Everything one run produced: its spec, per-item results and metrics."""
 
     id: str
-    spec: dict[str, Any]
+    spec: EvalSpec
     items: list[ItemResult]
-    metrics: dict[str, Any] = field(default_factory=dict)
+    metrics: Metrics
     unscored: list[ItemResult] = field(default_factory=list)
     """Items judged without a gold label (multi-policy runs judge every item under every
     policy); no metric of this run counts them."""
@@ -94,14 +129,15 @@ class EvalResult:
     def cached(self) -> int:
         return sum(1 for r in self.items if r.cached)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "schema": RESULT_SCHEMA,
-            "id": self.id,
-            "spec": self.spec,
-            "metrics": self.metrics,
-            "items": [r.to_dict() for r in self.items],
-        }
+    def report(self) -> EvalReport:
+        """The result as written to `<run id>.json` (schema `magistrate.eval/2`)."""
+        return EvalReport(
+            id=self.id, spec=self.spec, metrics=self.metrics, items=[r.row() for r in self.items]
+        )
+
+    def to_dict(self) -> dict[str, JSONValue]:
+        """The result as JSON (`report().document()`)."""
+        return self.report().document()
 
 
 Progress = Callable[[Judgement], None]
@@ -255,36 +291,32 @@ def _policy_run(
             dataset, name=f"{dataset.name}#{label}", examples=tuple(r.example for r in items)
         )
     )
-    spec = _spec(part, judge, len(items), done.elapsed_s, policy)
-    if judge.combined and judge.bundle is not None:
-        spec["strategy"] = "combined"
-        spec["bundle"] = {"id": judge.bundle.id, "hash": judge.bundle.hash}
-    run_id = done.run_id if len(judge.policies) == 1 else new_ulid()
-    unscored = [r for r in judged if r.example.gold is None]
-    result = EvalResult(run_id, spec, items, unscored=unscored)
-    result.metrics = compute_metrics(items, threshold_split=threshold_split, seed=seed)
-    result.metrics["cached_items"] = result.cached
-    return result
+    return EvalResult(
+        done.run_id if len(judge.policies) == 1 else new_ulid(),
+        _spec(part, judge, len(items), done.elapsed_s, policy),
+        items,
+        compute_metrics(items, threshold_split=threshold_split, seed=seed),
+        unscored=[r for r in judged if r.example.gold is None],
+    )
 
 
 def _record_run(store: Store, dataset: Dataset, run: EvalResult) -> None:
     """The `eval_runs` row of one policy's run."""
     spec = run.spec
-    store.add_run(
-        {
-            "id": run.id,
-            "created_at": spec["created_at"],
-            "dataset": spec["dataset"]["name"],
-            "dataset_hash": spec["dataset"]["hash"],
-            "policy_id": spec["policy"]["id"],
-            "policy_hash": spec["policy"]["hash"],
-            "backend": spec["backend"],
-            "effort": spec["effort"],
-            "mode": spec["mode"],
-            "spec": spec,
-            "metrics": {k: v for k, v in run.metrics.items() if k != "pr_curve"},
-        }
+    record = SingleRunRecord(
+        id=run.id,
+        created_at=spec.created_at,
+        dataset=spec.dataset.name,
+        dataset_hash=spec.dataset.hash,
+        policy_id=spec.policy.id,
+        policy_hash=spec.policy.hash,
+        backend=spec.backend,
+        effort=spec.effort.value,
+        mode=spec.mode.value,
+        spec=spec,
+        metrics=run.metrics,
     )
+    store.add_run(record.row())
 
 
 def _multi_result(
@@ -296,18 +328,17 @@ def _multi_result(
     threshold_split: float | None,
 ) -> MultiEvalResult:
     """Several policies' runs together: cost per item, exact match and the any-policy answer."""
-    calls = sum(len(p.judge.policies) if not p.judge.combined else 1 for p in passes)
-    cost = {
-        "calls_per_item": calls,
+    cost = _Cost(
+        calls_per_item=sum(len(p.judge.policies) if not p.judge.combined else 1 for p in passes),
         # Recorded latencies, cached items included: what judging an item costs. The
         # decisions of one combined call share its cost, so each call counts once.
-        "seconds_per_item": sum(
-            m.mean([_call_cost(j, p.judge)[0] for _, j in p.rows]) for p in passes
+        seconds_per_item=sum(
+            m.mean([_call_cost(j, p.judge).seconds for _, j in p.rows]) for p in passes
         ),
-        "tokens_per_item": sum(
-            m.mean([_call_cost(j, p.judge)[1] for _, j in p.rows]) for p in passes
+        tokens_per_item=sum(
+            m.mean([_call_cost(j, p.judge).tokens for _, j in p.rows]) for p in passes
         ),
-    }
+    )
     combined = len(passes) == 1 and passes[0].judge.combined
     rows = any_policy_items(runs, dataset)
     return MultiEvalResult(
@@ -320,12 +351,25 @@ def _multi_result(
     )
 
 
-def _call_cost(judgement: Judgement, judge: Judge) -> tuple[float, int]:
+class _Cost(NamedTuple):
+    """What judging one item cost, over every policy."""
+
+    calls_per_item: int
+    seconds_per_item: float
+    tokens_per_item: float
+
+
+class _CallCost(NamedTuple):
+    seconds: float
+    tokens: int
+
+
+def _call_cost(judgement: Judgement, judge: Judge) -> _CallCost:
     """Seconds and tokens an item's calls took (a combined call's decisions share one)."""
     counted = judgement.decisions[:1] if judge.combined else judgement.decisions
     seconds = sum(d.latency_s for d in counted)
     tokens = sum(d.usage.prompt_tokens + d.usage.completion_tokens for d in counted)
-    return seconds, tokens
+    return _CallCost(seconds, tokens)
 
 
 async def run_eval(dataset: Dataset, classifier: Judge, **kwargs: Any) -> EvalResult:
@@ -360,7 +404,7 @@ def _deprecated(old: str, new: str) -> None:
 
 
 def _recorded(
-    store: Store, policy_hash: str, judge: Judge, wanted: dict[str, Any]
+    store: Store, policy_hash: str, judge: Judge, wanted: Mapping[str, object]
 ) -> dict[str, Decision]:
     """Recorded verdicts under one policy text whose options match `wanted`, by item hash.
 
@@ -383,50 +427,59 @@ def _recorded(
     return found
 
 
+_INTERVALS = (("f1", m.f1_of), ("precision", m.precision_of), ("recall", m.recall_of))
+
+
 def compute_metrics(
     items: list[ItemResult], *, threshold_split: float | None = None, seed: int = 0
-) -> dict[str, Any]:
+) -> Metrics:
     """Every metric of a run, from its per-item results."""
     gold = [bool(r.example.gold) for r in items]
     pred = [r.pred for r in items]
-    out: dict[str, Any] = m.binary_metrics(gold, pred)
-    statuses: dict[str, int] = {}
-    for r in items:
-        statuses[r.decision.verdict.status.value] = (
-            statuses.get(r.decision.verdict.status.value, 0) + 1
-        )
-    out["statuses"] = statuses
-    out["parse_rate"] = statuses.get("ok", 0) / len(items) if items else 0.0
-    out["ci95"] = {
-        name: m.bootstrap_ci(fn, gold, pred, seed=seed)
-        for name, fn in (("f1", m.f1_of), ("precision", m.precision_of), ("recall", m.recall_of))
-    }
     scores = [r.decision.verdict.score for r in items]
-    scored = m.score_metrics(gold, scores)
-    if scored is not None:
-        out["scores"] = scored
-        pairs = [(g, s) for g, s in zip(gold, scores, strict=True) if s is not None]
-        out["pr_curve"] = m.pr_curve([g for g, _ in pairs], [s for _, s in pairs])
-        out["reliability"] = m.reliability(gold, scores)
-        if threshold_split:
-            out["threshold_transfer"] = threshold_transfer(gold, scores, threshold_split, seed)
-    fresh = [r for r in items if not r.cached]
-    latencies = [r.decision.latency_s for r in fresh]
-    out["latency_s"] = {"p50": m.percentile(latencies, 50), "p95": m.percentile(latencies, 95)}
+    statuses = Counter(r.decision.verdict.status.value for r in items)
+    latencies = [r.decision.latency_s for r in items if not r.cached]
     n = len(items) or 1
-    out["tokens_per_item"] = {
-        "prompt": sum(r.decision.usage.prompt_tokens for r in items) / n,
-        "completion": sum(r.decision.usage.completion_tokens for r in items) / n,
-    }
-    return out
+    scored = m.score_metrics(gold, scores)
+    return Metrics(
+        **m.binary_metrics(gold, pred),
+        statuses=dict(statuses),
+        parse_rate=statuses["ok"] / len(items) if items else 0.0,
+        ci95=Intervals(
+            **{name: m.bootstrap_ci(fn, gold, pred, seed=seed) for name, fn in _INTERVALS}
+        ),
+        scores=_optional(ScoreMetrics, scored),
+        pr_curve=_pr_curve(gold, scores) if scored else None,
+        reliability=_optional(Reliability, m.reliability(gold, scores)) if scored else None,
+        threshold_transfer=(
+            threshold_transfer(gold, scores, threshold_split, seed)
+            if scored and threshold_split
+            else None
+        ),
+        latency_s=Latency(p50=m.percentile(latencies, 50), p95=m.percentile(latencies, 95)),
+        tokens_per_item=TokensPerItem(
+            prompt=sum(r.decision.usage.prompt_tokens for r in items) / n,
+            completion=sum(r.decision.usage.completion_tokens for r in items) / n,
+        ),
+        cached_items=sum(1 for r in items if r.cached),
+    )
+
+
+def _pr_curve(gold: list[bool], scores: list[float | None]) -> list[tuple[float, float]]:
+    """The PR curve over the scored items."""
+    pairs = [(g, s) for g, s in zip(gold, scores, strict=True) if s is not None]
+    return m.pr_curve([g for g, _ in pairs], [s for _, s in pairs])
+
+
+def _optional(model: type[_M], figures: Mapping[str, object] | None) -> _M | None:
+    """A metric function's figures as `model`, or None when it had none to give."""
+    return None if figures is None else model.model_validate(figures)
 
 
 def threshold_transfer(
     gold: list[bool], scores: list[float | None], fraction: float, seed: int
-) -> dict[str, Any]:
+) -> ThresholdTransfer:
     """Choose the best-F1 threshold on a stratified part of the items, apply it to the rest."""
-    import random
-
     rng = random.Random(seed)
     tune: set[int] = set()
     for label in (True, False):
@@ -445,38 +498,42 @@ def threshold_transfer(
     test_gold = [gold[i] for i in test_idx]
     test_pred = m.apply_threshold([scores[i] for i in test_idx], threshold)
     report = m.binary_metrics(test_gold, test_pred)
-    return {
-        "fraction": fraction,
-        "seed": seed,
-        "threshold": threshold,
-        "tune_items": len(tune_idx),
-        "tune_f1": tune_f1,
-        "test_items": len(test_idx),
-        "test": {k: report[k] for k in ("precision", "recall", "f1", "accuracy", "confusion")},
-        "test_ci95_f1": m.bootstrap_ci(m.f1_of, test_gold, test_pred, seed=seed),
-    }
+    return ThresholdTransfer(
+        fraction=fraction,
+        seed=seed,
+        threshold=threshold,
+        tune_items=len(tune_idx),
+        tune_f1=tune_f1,
+        test_items=len(test_idx),
+        test=HeldOut.model_validate({k: report[k] for k in HeldOut.model_fields}),
+        test_ci95_f1=m.bootstrap_ci(m.f1_of, test_gold, test_pred, seed=seed),
+    )
 
 
-def _spec(dataset: Dataset, judge: Judge, n: int, elapsed: float, policy: Policy) -> dict[str, Any]:
-    return {
-        "dataset": {
-            "name": dataset.name,
-            "source": dataset.source,
-            "hash": dataset.hash,
-            "items": n,
-            "positive": dataset.positive,
-        },
-        "policy": {"id": policy.id, "version": policy.version, "hash": policy.hash},
-        "backend": judge.backend.name,
-        "model": judge.backend.model,
-        "effort": judge.effort.value,
-        "mode": judge.mode.value,
-        "options": judge.decision_options(None if judge.combined else policy),
-        "package_version": __version__,
-        "git_revision": _git_revision(),
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "elapsed_s": round(elapsed, 3),
-    }
+def _spec(dataset: Dataset, judge: Judge, n: int, elapsed: float, policy: Policy) -> EvalSpec:
+    """What one policy's run is (combined: with the bundle it was judged in)."""
+    bundle = judge.bundle if judge.combined else None
+    return EvalSpec(
+        dataset=DatasetRef(
+            name=dataset.name,
+            source=dataset.source,
+            hash=dataset.hash,
+            items=n,
+            positive=dataset.positive,
+        ),
+        policy=PolicyRef(id=policy.id, version=policy.version, hash=policy.hash),
+        backend=judge.backend.name,
+        model=judge.backend.model,
+        effort=judge.effort,
+        mode=judge.mode,
+        options=judge.decision_options(None if judge.combined else policy),
+        package_version=__version__,
+        git_revision=_git_revision(),
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        elapsed_s=round(elapsed, 3),
+        strategy="combined" if bundle is not None else None,
+        bundle=BundleRef(id=bundle.id, hash=bundle.hash) if bundle is not None else None,
+    )
 
 
 def _git_revision() -> str | None:
@@ -503,25 +560,34 @@ class MultiEvalResult:
     id: str
     runs: list[EvalResult]
     label_names: list[str | None]
-    metrics: dict[str, Any]
-    strategy: str = "separate"
-    items: list[dict[str, Any]] = field(default_factory=list)
+    metrics: MultiMetrics
+    strategy: Strategy = "separate"
+    items: list[AnyPolicyRow] = field(default_factory=list)
     """The any-policy answer per item (`any_policy_items`), when the dataset has an overall
     label."""
 
-    def to_dict(self, *, items: bool = True) -> dict[str, Any]:
-        out = {
-            "schema": "magistrate.eval-multi/1",
-            "id": self.id,
-            "strategy": self.strategy,
-            "policies": [r.spec["policy"] for r in self.runs],
-            "labels": self.label_names,
-            "runs": [r.id for r in self.runs],
-            "metrics": self.metrics,
-        }
-        if items:
-            out["items"] = self.items
-        return out
+    def report(self, *, results: Sequence[str] = ()) -> MultiReport:
+        """The summary written to `<run id>.multi.json` (schema `magistrate.eval-multi/2`).
+
+        Args:
+            results: The paths of the per-policy result files, when written.
+        """
+        return MultiReport(
+            id=self.id,
+            strategy=self.strategy,
+            policies=[r.spec.policy for r in self.runs],
+            labels=self.label_names,
+            runs=[r.id for r in self.runs],
+            metrics=self.metrics,
+            results=list(results),
+            items=self.items,
+        )
+
+    def to_dict(self, *, items: bool = True) -> dict[str, JSONValue]:
+        """The summary as JSON, with or without the per-item rows."""
+        return self.report().model_dump(
+            mode="json", by_alias=True, exclude=None if items else {"items"}
+        )
 
 
 def label_for(policy_id: str, labels: list[str]) -> str | None:
@@ -569,57 +635,71 @@ def _gold_for(example: Example, label: str | None) -> bool | None:
 def _multi_metrics(
     runs: list[EvalResult],
     label_names: list[str | None],
-    cost: dict[str, Any],
-    any_rows: list[dict[str, Any]],
+    cost: _Cost,
+    any_rows: list[AnyPolicyRow],
     seed: int,
     threshold_split: float | None = None,
-) -> dict[str, Any]:
+) -> MultiMetrics:
     """Exact match over items whose every label is known, per-policy metrics, and cost.
 
     Policies with no label of their own (`label_names` None) take no part in exact match
     and have no per-policy metrics; they count only towards the any-policy answer.
-
-    When the dataset also has a binary gold label (OpenAI Moderation's "any category"), the
-    policies are combined into one binary answer and scored on it under `any`, over the rows
-    of `any_policy_items`: flagged when any policy flags (an abstention with no flag is an
-    abstention), scored by the highest policy score; with `threshold_split`, one threshold
-    on that max score is chosen on part of the items and applied to the rest.
     """
     labelled = [run for run, name in zip(runs, label_names, strict=True) if name is not None]
     by_item = [{r.example.id: r for r in run.items} for run in labelled]
     complete = [i for i in by_item[0] if all(i in b for b in by_item)] if by_item else []
     gold = [[bool(b[i].example.gold) for b in by_item] for i in complete]
     pred = [[b[i].pred for b in by_item] for i in complete]
-    out: dict[str, Any] = {
-        "exact_match": m.exact_match(gold, pred),
-        "exact_match_items": len(complete),
-        "per_policy": {
-            run.spec["policy"]["id"]: {
-                k: run.metrics[k] for k in ("f1", "precision", "recall", "parse_rate")
-            }
+    return MultiMetrics(
+        exact_match=m.exact_match(gold, pred),
+        exact_match_items=len(complete),
+        per_policy={
+            run.spec.policy.id: PolicyFigures(
+                f1=run.metrics.f1,
+                precision=run.metrics.precision,
+                recall=run.metrics.recall,
+                parse_rate=run.metrics.parse_rate,
+            )
             for run in labelled
         },
-        **cost,
-    }
-    if any_rows:
-        any_gold = [bool(r["gold"]) for r in any_rows]
-        any_pred: list[bool | None] = [r["flagged"] for r in any_rows]
-        any_score: list[float | None] = [r["score"] for r in any_rows]
-        combined = m.binary_metrics(any_gold, any_pred)
-        combined["items"] = len(any_rows)
-        combined["ci95_f1"] = m.bootstrap_ci(m.f1_of, any_gold, any_pred, seed=seed)
-        scored = m.score_metrics(any_gold, any_score)
-        if scored is not None:
-            combined["scores"] = scored
-            if threshold_split:
-                combined["threshold_transfer"] = threshold_transfer(
-                    any_gold, any_score, threshold_split, seed
-                )
-        out["any"] = combined
-    return out
+        calls_per_item=cost.calls_per_item,
+        seconds_per_item=cost.seconds_per_item,
+        tokens_per_item=cost.tokens_per_item,
+        any=_any_metrics(any_rows, seed, threshold_split),
+    )
 
 
-def any_policy_items(runs: list[EvalResult], dataset: Dataset) -> list[dict[str, Any]]:
+def _any_metrics(
+    rows: list[AnyPolicyRow], seed: int, threshold_split: float | None
+) -> AnyMetrics | None:
+    """The policies combined into one binary answer, scored on the overall label.
+
+    When the dataset also has a binary gold label (OpenAI Moderation's "any category"), the
+    answer is computed over the rows of `any_policy_items`: flagged when any policy flags (an
+    abstention with no flag is an abstention), scored by the highest policy score; with
+    `threshold_split`, one threshold on that max score is chosen on part of the items and
+    applied to the rest. None when there are no such rows.
+    """
+    if not rows:
+        return None
+    gold = [r.gold for r in rows]
+    pred = [r.flagged for r in rows]
+    scores = [r.score for r in rows]
+    scored = _optional(ScoreMetrics, m.score_metrics(gold, scores))
+    return AnyMetrics(
+        **m.binary_metrics(gold, pred),
+        items=len(rows),
+        ci95_f1=m.bootstrap_ci(m.f1_of, gold, pred, seed=seed),
+        scores=scored,
+        threshold_transfer=(
+            threshold_transfer(gold, scores, threshold_split, seed)
+            if scored is not None and threshold_split
+            else None
+        ),
+    )
+
+
+def any_policy_items(runs: list[EvalResult], dataset: Dataset) -> list[AnyPolicyRow]:
     """The any-policy answer for every item that has an overall label and every policy judged.
 
     Each row: `id`, `gold` (the overall label), `flagged` (True when any policy flags the
@@ -631,7 +711,7 @@ def any_policy_items(runs: list[EvalResult], dataset: Dataset) -> list[dict[str,
     by_item = [{r.example.id: r for r in run.items + run.unscored} for run in runs]
     if not by_item:
         return []
-    ids = [run.spec["policy"]["id"] for run in runs]
+    ids = [run.spec.policy.id for run in runs]
     rows = []
     for i in by_item[0]:
         if binary.get(i) is None or not all(i in b for b in by_item):
@@ -640,14 +720,14 @@ def any_policy_items(runs: list[EvalResult], dataset: Dataset) -> list[dict[str,
         preds = [r.pred for r in results]
         scores = [r.decision.verdict.score for r in results]
         rows.append(
-            {
-                "id": i,
-                "gold": bool(binary[i]),
-                "flagged": any_of(preds),
-                "score": None if None in scores else max(s for s in scores if s is not None),
-                "flagged_by": [p for p, pred in zip(ids, preds, strict=True) if pred],
-                "decisions": [r.decision.id for r in results],
-            }
+            AnyPolicyRow(
+                id=i,
+                gold=bool(binary[i]),
+                flagged=any_of(preds),
+                score=None if None in scores else max(s for s in scores if s is not None),
+                flagged_by=[p for p, pred in zip(ids, preds, strict=True) if pred],
+                decisions=[r.decision.id for r in results],
+            )
         )
     return rows
 
@@ -657,34 +737,32 @@ def _record_multi(store: Store | None, dataset: Dataset, result: MultiEvalResult
     if store is None or not result.runs:
         return
     first = result.runs[0].spec
-    policies = [r.spec["policy"] for r in result.runs]
-    spec = {
-        "kind": "multi",
-        "strategy": result.strategy,
-        "dataset": {"name": dataset.name, "hash": dataset.hash, "items": len(dataset)},
-        "policies": policies,
-        "labels": result.label_names,
-        "runs": [r.id for r in result.runs],
-        "backend": first["backend"],
-        "model": first["model"],
-        "package_version": __version__,
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-    store.add_run(
-        {
-            "id": result.id,
-            "created_at": spec["created_at"],
-            "dataset": f"{dataset.name}#multi",
-            "dataset_hash": dataset.hash,
-            "policy_id": "+".join(p["id"] for p in policies),
-            "policy_hash": bundle_hash(p["hash"] for p in policies),
-            "backend": first["backend"],
-            "effort": first["effort"],
-            "mode": first["mode"],
-            "spec": spec,
-            "metrics": result.metrics,
-        }
+    policies = [r.spec.policy for r in result.runs]
+    spec = MultiSpec(
+        strategy=result.strategy,
+        dataset=MultiDatasetRef(name=dataset.name, hash=dataset.hash, items=len(dataset)),
+        policies=policies,
+        labels=result.label_names,
+        runs=[r.id for r in result.runs],
+        backend=first.backend,
+        model=first.model,
+        package_version=__version__,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
+    record = MultiRunRecord(
+        id=result.id,
+        created_at=spec.created_at,
+        dataset=f"{dataset.name}#multi",
+        dataset_hash=dataset.hash,
+        policy_id="+".join(p.id for p in policies),
+        policy_hash=bundle_hash(p.hash for p in policies),
+        backend=first.backend,
+        effort=first.effort.value,
+        mode=first.mode.value,
+        spec=spec,
+        metrics=result.metrics,
+    )
+    store.add_run(record.row())
 
 
 __all__ = [
