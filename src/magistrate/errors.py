@@ -8,8 +8,12 @@
     ├── ModelError             a model file that is missing, not GGUF, or fails its hash
     ├── MissingDependency      an optional package is not installed (message names the install)
     ├── NotFound               no such policy, version, decision, run or key
+    ├── Unauthorized           no API key, or an unknown or revoked one
     ├── Forbidden              the caller's key lacks the scope, or the feature is off
+    ├── Conflict               a request that clashes with an earlier one (idempotency keys)
     ├── Overloaded             the queue in front of the backend is full (retry later)
+    │   └── RateLimited        the caller's key is over its request rate
+    ├── Unavailable            the service cannot answer now (starting, draining, no verdict)
     ├── ErrorBudgetExceeded    too many items of one run got no verdict (`--max-errors`)
     ├── StoreError             the decision log cannot be opened, read or written
     │   └── StoreUnavailable   the database cannot be reached (outage, locked, disk gone)
@@ -29,7 +33,7 @@ paths, never the content being classified.
 
 Example:
     >>> http_status(NotFound("no such decision"))
-    HttpError(status=404, type='not_found_error', code=None)
+    HttpError(status=404, type='not_found_error', code=None, headers=())
 """
 
 from __future__ import annotations
@@ -38,7 +42,20 @@ from typing import NamedTuple
 
 
 class MagistrateError(Exception):
-    """Base class for every error Magistrate raises on purpose."""
+    """Base class for every error Magistrate raises on purpose.
+
+    Args:
+        message: What happened and how to fix it.
+        code: A stable machine-readable code for callers (the HTTP error's `code`); the
+            class's default when None.
+    """
+
+    code: str | None = None
+
+    def __init__(self, message: str = "", *, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
 
 
 class ConfigError(MagistrateError):
@@ -51,6 +68,8 @@ class InputError(MagistrateError):
 
 class TooLarge(InputError):
     """More items, policies or bytes than one request may carry; split it."""
+
+    code = "too_large"
 
 
 class PolicyError(MagistrateError):
@@ -69,8 +88,18 @@ class NotFound(MagistrateError):
     """No such policy, policy version, decision, eval run or API key."""
 
 
+class Unauthorized(MagistrateError):
+    """No API key was sent, or the key is unknown or revoked."""
+
+    code = "invalid_api_key"
+
+
 class Forbidden(MagistrateError):
     """The caller's key lacks the scope, or the server has the feature turned off."""
+
+
+class Conflict(MagistrateError):
+    """A request that clashes with an earlier one (an idempotency key reused or in use)."""
 
 
 class Overloaded(MagistrateError):
@@ -80,9 +109,33 @@ class Overloaded(MagistrateError):
         retry_after: Whole seconds until there is likely room (at least 1).
     """
 
-    def __init__(self, message: str, retry_after: int) -> None:
-        super().__init__(message)
+    code = "queue_full"
+
+    def __init__(self, message: str, retry_after: int, *, code: str | None = None) -> None:
+        super().__init__(message, code=code)
         self.retry_after = max(1, retry_after)
+
+
+class RateLimited(Overloaded):
+    """The caller's API key is over its request rate; retry after `retry_after` seconds."""
+
+    code = "rate_limited"
+
+
+class Unavailable(MagistrateError):
+    """The service cannot answer now: starting, shutting down, or no verdict was reached.
+
+    Attributes:
+        retry_after: Seconds to wait before retrying, when known.
+    """
+
+    code = "unavailable"
+
+    def __init__(
+        self, message: str, *, code: str | None = None, retry_after: int | None = None
+    ) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
 
 
 class ErrorBudgetExceeded(MagistrateError):
@@ -95,6 +148,8 @@ class ErrorBudgetExceeded(MagistrateError):
 class StoreError(MagistrateError):
     """The decision log cannot be opened, read or written."""
 
+    code = "store_unavailable"
+
 
 class StoreUnavailable(StoreError):
     """The database cannot be reached or answered with an operational error."""
@@ -102,6 +157,8 @@ class StoreUnavailable(StoreError):
 
 class BackendError(MagistrateError):
     """The backend failed while producing a completion."""
+
+    code = "backend_unavailable"
 
 
 class BackendUnavailable(BackendError):
@@ -125,36 +182,48 @@ class MalformedHarmony(BackendError):
 
 
 class HttpError(NamedTuple):
-    """How the service answers an error: status code and OpenAI-style `type` and `code`."""
+    """How the service answers an error: status code, OpenAI-style `type` and `code`, and
+    the headers that go with it."""
 
     status: int
     type: str
     code: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
 
 
-_HTTP: tuple[tuple[type[MagistrateError], HttpError], ...] = (
+_HTTP: tuple[tuple[type[MagistrateError], int, str], ...] = (
     # Most specific first: the first class the error is an instance of wins.
-    (TooLarge, HttpError(413, "invalid_request_error", "too_large")),
-    (NotFound, HttpError(404, "not_found_error")),
-    (Forbidden, HttpError(403, "permission_error")),
-    (Overloaded, HttpError(429, "rate_limit_error", "queue_full")),
-    (InputError, HttpError(422, "invalid_request_error")),
-    (PolicyError, HttpError(422, "invalid_request_error")),
-    (ConfigError, HttpError(422, "invalid_request_error")),
-    (StoreError, HttpError(503, "server_error", "store_unavailable")),
-    (BackendError, HttpError(503, "server_error", "backend_unavailable")),
+    (TooLarge, 413, "invalid_request_error"),
+    (NotFound, 404, "not_found_error"),
+    (Unauthorized, 401, "authentication_error"),
+    (Forbidden, 403, "permission_error"),
+    (Conflict, 409, "invalid_request_error"),
+    (Overloaded, 429, "rate_limit_error"),
+    (InputError, 422, "invalid_request_error"),
+    (PolicyError, 422, "invalid_request_error"),
+    (ConfigError, 422, "invalid_request_error"),
+    (Unavailable, 503, "server_error"),
+    (StoreError, 503, "server_error"),
+    (BackendError, 503, "server_error"),
 )
 
 
 def http_status(exc: BaseException) -> HttpError:
     """The HTTP answer for an error: the one table every route's errors go through.
 
-    Anything not in the table (including errors Magistrate did not raise on purpose) is a
-    500 `server_error`.
+    The code is the error's own (`MagistrateError.code`); `Retry-After` goes with errors
+    that know when to retry, `WWW-Authenticate` with `Unauthorized`. Anything not in the
+    table (including errors Magistrate did not raise on purpose) is a 500 `server_error`.
     """
-    for kind, answer in _HTTP:
+    for kind, status, type_ in _HTTP:
         if isinstance(exc, kind):
-            return answer
+            headers: list[tuple[str, str]] = []
+            retry_after = getattr(exc, "retry_after", None)
+            if retry_after is not None:
+                headers.append(("Retry-After", str(retry_after)))
+            if isinstance(exc, Unauthorized):
+                headers.append(("WWW-Authenticate", "Bearer"))
+            return HttpError(status, type_, exc.code, tuple(headers))
     return HttpError(500, "server_error")
 
 

@@ -362,6 +362,40 @@ class DecisionList(BaseModel):
     decisions: list[StoredDecisionOut]
 
 
+# -- keys ------------------------------------------------------------------------------------
+
+
+class KeyCreate(BaseModel):
+    """A new API key: its unique name, what it may do, and optionally its own rate."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    scopes: list[Literal["classify", "admin"]] = Field(default=["classify"], min_length=1)
+    rate_per_minute: int | None = Field(default=None, ge=1)
+
+
+class KeyOut(BaseModel):
+    """An API key's record; never its secret."""
+
+    id: str
+    name: str
+    prefix: str
+    scopes: list[str]
+    rate_per_minute: int | None
+    created_at: str
+    revoked_at: str | None
+
+
+class KeyCreated(BaseModel):
+    key: KeyOut
+    secret: str = Field(description="Shown once; only its SHA-256 is stored.")
+
+
+class KeyList(BaseModel):
+    keys: list[KeyOut]
+
+
 # -- health ----------------------------------------------------------------------------------
 
 

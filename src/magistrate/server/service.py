@@ -1,13 +1,17 @@
-"""What the HTTP layer calls: policies, judging with back-pressure and caching, keys.
+"""What the HTTP routes call: policies, judging with back-pressure and caching, keys.
 
 `Service` holds one backend, one store and one `Judge` per (policy texts, mode, effort,
 strategy), all built on the same engine as the CLI, in bounded LRU caches. It knows nothing
-about HTTP; `app.py` maps its errors onto status codes.
+about HTTP: it raises errors from `magistrate.errors`, which the app maps onto status codes
+through one table. Every call that touches the database runs in a worker thread
+(`asyncio.to_thread`), never on the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import hashlib
 import math
 import time
 from collections.abc import Iterator, Sequence
@@ -21,22 +25,30 @@ from magistrate.errors import (
     Forbidden,
     InputError,
     MagistrateError,
-    NotFound,
     PolicyError,
+    RateLimited,
     TooLarge,
+    Unauthorized,
 )
+from magistrate.ids import new_ulid
 from magistrate.item import Item
-from magistrate.policy import (
-    Policy,
-    builtin_policy_names,
-    load_policy,
-    parse_policy,
-)
+from magistrate.policy import Policy, parse_policy
 from magistrate.prompt import Effort, Mode
+from magistrate.server.catalog import PolicyCatalog
+from magistrate.server.idempotency import Idempotency
 from magistrate.server.limits import Admission, RateLimiter, TTLCache
 from magistrate.server.metrics import Metrics
-from magistrate.server.schemas import ItemIn, ServerSettings
-from magistrate.store import Recorder, Store
+from magistrate.server.moderation import moderation_result, moderation_texts
+from magistrate.server.schemas import (
+    ClassifyRequest,
+    ClassifyResponse,
+    DecisionOut,
+    ItemIn,
+    ModerationRequest,
+    ModerationResponse,
+    ServerSettings,
+)
+from magistrate.store import DecisionFilter, Recorder, Store, StoredDecision
 from magistrate.store.store import ApiKey
 
 ANONYMOUS = ApiKey(
@@ -54,8 +66,6 @@ SCOPES = ("classify", "admin")
 JUDGES_KEPT = 256
 """Judges kept per process (one per policy set, mode, effort and strategy), least recently
 used dropped first."""
-POLICIES_KEPT = 1024
-"""Parsed policy texts kept per process."""
 
 
 class Service:
@@ -85,92 +95,12 @@ class Service:
         self.rate = RateLimiter(settings.rate_per_minute)
         self.results: TTLCache[Decision] = TTLCache(settings.cache_ttl_s, settings.cache_entries)
         self.draining = False
+        self.catalog = PolicyCatalog(self.store)
+        self.idempotency = Idempotency()
         # Bounded: inline policies make a new text (and judge) per request.
         self._judges: TTLCache[Judge] = TTLCache(math.inf, JUDGES_KEPT)
-        self._parsed: TTLCache[Policy] = TTLCache(math.inf, POLICIES_KEPT)
-        self._builtin_names = frozenset(builtin_policy_names())
-        self._builtins: dict[str, Policy] = {}
-        self._active: tuple[float, dict[str, str]] = (0.0, {})
         if settings.policies_dir:
-            self.load_directory(Path(settings.policies_dir))
-
-    # -- policies ---------------------------------------------------------------------------
-
-    def load_directory(self, folder: Path) -> list[Policy]:
-        """Activate every `*.md` policy in a folder (files win over earlier API uploads).
-
-        Raises:
-            ConfigError: The folder does not exist or holds no policies.
-            PolicyError: A file cannot be parsed (the server does not start half-configured).
-        """
-        if not folder.is_dir():
-            raise ConfigError(f"Policy folder {folder} does not exist.")
-        files = sorted(folder.glob("*.md"))
-        if not files:
-            raise ConfigError(f"Policy folder {folder} holds no .md policies.")
-        loaded = [load_policy(path) for path in files]
-        active = self.store.active_policies()
-        for policy in loaded:
-            if active.get(policy.id) != policy.hash:
-                self.store.activate_policy(policy)
-        self._active = (0.0, {})
-        return loaded
-
-    def active_hashes(self) -> dict[str, str]:
-        """Policy id -> active hash, re-read from the store at most once a second."""
-        read_at, active = self._active
-        if time.monotonic() - read_at > 1.0:
-            active = self.store.active_policies()
-            self._active = (time.monotonic(), active)
-        return active
-
-    def policy(self, policy_id: str) -> Policy:
-        """The active text of a policy id: the store's active version, else a bundled one.
-
-        Raises:
-            NotFound: Neither has it.
-        """
-        digest = self.active_hashes().get(policy_id)
-        if digest is not None:
-            return self.policy_by_hash(digest)
-        if policy_id in self._builtin_names:
-            policy = self._builtins.get(policy_id)
-            if policy is None:  # package data: parsed once per process
-                policy = self._builtins[policy_id] = load_policy(policy_id)
-            return policy
-        raise NotFound(
-            f"No policy {policy_id!r}. GET /v1/policies lists the ids this server knows; "
-            "PUT /v1/policies/{id} adds one."
-        )
-
-    def policy_by_hash(self, digest: str) -> Policy:
-        policy = self._parsed.get(digest)
-        if policy is None:
-            policy = parse_policy(self.store.policy_text(digest), source=f"store:{digest[:12]}")
-            self._parsed.put(digest, policy)
-        return policy
-
-    def policy_ids(self) -> list[str]:
-        """Every id the server can judge under, sorted."""
-        return sorted(set(self.active_hashes()) | self._builtin_names)
-
-    def put_policy(self, policy: Policy, *, activate: bool) -> bool:
-        """Store a policy text (a new version unless the same text exists); True if new."""
-        known = self.store.has_policy(policy.hash)
-        if activate:
-            self.store.activate_policy(policy)
-        else:
-            self.store.add_policy(policy)
-        self._active = (0.0, {})
-        return not known
-
-    def activate(self, policy_id: str, ref: str) -> Policy:
-        """Make a stored version (`@N`, hash prefix or version label) the active one."""
-        version = self.store.policy_version(policy_id, ref)  # NotFound: 404; an outage: 503
-        policy = self.policy_by_hash(version.hash)
-        self.store.activate_policy(policy)
-        self._active = (0.0, {})
-        return policy
+            self.catalog.load_directory(Path(settings.policies_dir))
 
     # -- judging ----------------------------------------------------------------------------
 
@@ -305,18 +235,155 @@ class Service:
             self.admission.release(units, (time.perf_counter() - started) / units)
             self.metrics.queue.set(self.admission.in_use)
 
+    # -- requests ---------------------------------------------------------------------------
+
+    async def classify(
+        self, body: ClassifyRequest, caller: ApiKey, idempotency_key: str | None = None
+    ) -> tuple[ClassifyResponse, bool]:
+        """Judge a classify request; with an idempotency key (the body's or the header's),
+        a retry gets the first answer back. Returns the response and whether it was replayed.
+
+        Raises:
+            Conflict: The idempotency key was used with another body, or is still running.
+        """
+        key = body.idempotency_key or idempotency_key
+        if key is None:
+            return await self._classify(body), False
+        digest = hashlib.sha256(
+            body.model_dump_json(exclude={"idempotency_key"}).encode()
+        ).hexdigest()
+
+        async def make() -> dict[str, object]:
+            return (await self._classify(body)).model_dump(mode="json")
+
+        answer, replayed = await self.idempotency.run(caller.id, key, digest, make)
+        return ClassifyResponse.model_validate(answer), replayed
+
+    async def _classify(self, body: ClassifyRequest) -> ClassifyResponse:
+        policies = await self.policies_for(body)
+        items = self.items(body.items)
+        mode = body.mode or self.settings.mode
+        effort = body.effort or self.settings.effort
+        judged = await self.judge(items, policies, mode, effort)
+        decisions = [
+            DecisionOut.of(
+                decision,
+                judgement.index,
+                cached=cached,
+                reasoning=body.include_reasoning,
+                item_id=judgement.item.id,
+            )
+            for judgement in judged
+            for decision, cached in zip(judgement.decisions, judgement.cached, strict=True)
+        ]
+        return ClassifyResponse(
+            request_id=new_ulid(), backend=self.backend.name, decisions=decisions
+        )
+
+    async def policies_for(self, body: ClassifyRequest) -> list[Policy]:
+        """The policies a classify request names, or its inline policy.
+
+        Raises:
+            Forbidden: An inline policy on a server that does not take them.
+            InputError: Both or neither of `policies` and `policy_text`, or a repeated id.
+            TooLarge: More policies than `max_policies`.
+            NotFound: A policy id the server does not know.
+        """
+        if body.policy_text is not None:
+            if not self.settings.allow_inline_policies:
+                raise Forbidden(
+                    "This server does not take inline policies; name a policy id it knows, "
+                    "or start it with --allow-inline-policies."
+                )
+            if body.policies:
+                raise InputError("Send either `policies` or `policy_text`, not both.")
+            return [inline_policy(body.policy_text)]
+        if not body.policies:
+            raise InputError("Name at least one policy id in `policies`.")
+        if len(body.policies) > self.settings.max_policies:
+            raise TooLarge(
+                f"{len(body.policies)} policies in one request; this server takes at most "
+                f"{self.settings.max_policies}."
+            )
+        if len(set(body.policies)) != len(body.policies):
+            raise InputError("`policies` names a policy twice.")
+        return [await self.catalog.policy(pid) for pid in body.policies]
+
+    async def moderate(self, body: ModerationRequest) -> ModerationResponse:
+        """The OpenAI Moderation API over the configured categories (policies).
+
+        On a backend that reads several labels in one pass (the embedded model) all the
+        categories are judged in one prompt per item, in score mode, each against its own
+        threshold; elsewhere each category is judged on its own.
+
+        Raises:
+            Unavailable: Some category reached no verdict (see `moderation_result`).
+        """
+        texts = moderation_texts(body)
+        if not texts:
+            raise InputError("`input` is empty; send a string or a non-empty array.")
+        items = self.items([ItemIn(text=t) for t in texts])
+        categories = self.settings.moderation_categories
+        policies = [await self.catalog.policy(pid) for pid in categories.values()]
+        mode = Mode.SCORE if self.backend.capabilities.label_scores else Mode.REASON
+        combine = self.can_combine(policies)
+        judged = await self.judge(items, policies, mode, self.settings.effort, combine=combine)
+        return ModerationResponse(
+            id=f"modr-{new_ulid()}",
+            model=body.model or self.backend.name,
+            results=[moderation_result(categories, judgement) for judgement in judged],
+        )
+
+    # -- decisions ---------------------------------------------------------------------------
+
+    async def decisions(self, where: DecisionFilter, limit: int) -> list[StoredDecision]:
+        """Recorded decisions, newest first."""
+        return await asyncio.to_thread(self.store.decisions, where, limit=limit)
+
+    async def decision(self, decision_id: str) -> StoredDecision:
+        """One recorded decision by id or unique prefix.
+
+        Raises:
+            NotFound: No such decision (404); an outage is `StoreUnavailable` (503).
+        """
+        return await asyncio.to_thread(self.store.decision, decision_id)
+
     # -- keys -------------------------------------------------------------------------------
 
-    def authenticate(self, secret: str | None) -> ApiKey | None:
-        """The caller's key, or None when refused.
+    async def authenticate(self, secret: str | None, scope: str) -> ApiKey:
+        """The caller's key, checked for `scope` and its rate.
 
         When keys are not required, a caller without a known key (the openai client always
         sends one) is ANONYMOUS, with every scope and no rate limit.
+
+        Raises:
+            Unauthorized: No key where one is needed, or an unknown or revoked one.
+            Forbidden: The key lacks the scope.
+            RateLimited: The key is over its request rate.
         """
-        key = self.store.api_key_for(secret) if secret else None
-        if key is not None:
-            return key
-        return None if self.settings.keys_required else ANONYMOUS
+        key = None
+        if secret is not None:
+            key = await asyncio.to_thread(self.store.api_key_for, secret)
+        if key is None and not self.settings.keys_required:
+            key = ANONYMOUS
+        if key is None:
+            self.metrics.rejected.labels("auth").inc()
+            raise Unauthorized(
+                "Send an API key as `Authorization: Bearer mg_...` (create one with "
+                "`magistrate keys create NAME`)."
+                if secret is None
+                else "This API key is unknown or revoked."
+            )
+        self.check_scope(key, scope)
+        if key.id != ANONYMOUS.id:
+            wait = self.rate.check(key.id, key.rate_per_minute)
+            if wait:
+                self.metrics.rejected.labels("rate").inc()
+                raise RateLimited(
+                    "This API key is over its request rate; retry after the Retry-After delay.",
+                    retry_after=wait,
+                )
+        return key
 
     def check_scope(self, key: ApiKey, scope: str) -> None:
         if scope not in key.scopes and "admin" not in key.scopes:
@@ -325,14 +392,39 @@ class Service:
                 f"`magistrate keys create NAME --scope {scope}`."
             )
 
+    async def create_key(
+        self, name: str, scopes: Sequence[str], rate_per_minute: int | None
+    ) -> tuple[ApiKey, str]:
+        """A new API key and its secret (shown once, never stored)."""
+        unknown = sorted(set(scopes) - set(SCOPES))
+        if unknown or not scopes:
+            raise InputError(
+                f"Scopes must be some of {', '.join(SCOPES)}; got {', '.join(scopes) or 'none'}."
+            )
+        return await asyncio.to_thread(
+            self.store.create_api_key, name, scopes, rate_per_minute=rate_per_minute
+        )
+
+    async def keys(self, include_revoked: bool) -> list[ApiKey]:
+        """Every API key's record (never a secret)."""
+        return await asyncio.to_thread(self.store.api_keys, include_revoked=include_revoked)
+
+    async def revoke_key(self, name_or_id: str) -> ApiKey:
+        """Revoke a key by name or id.
+
+        Raises:
+            NotFound: No live key has that name or id.
+        """
+        return await asyncio.to_thread(self.store.revoke_api_key, name_or_id)
+
     # -- health -----------------------------------------------------------------------------
 
-    def readiness(self) -> tuple[bool, str, str | None]:
+    async def readiness(self) -> tuple[bool, str, str | None]:
         """Whether the service can take work: (ready, store state, problem)."""
         if self.draining:
             return False, "unknown", "the server is shutting down"
         try:
-            self.store.count(policy_id="__readiness_probe__")
+            await asyncio.to_thread(self.store.count, policy_id="__readiness_probe__")
         except MagistrateError as exc:
             return False, "unreachable", str(exc)
         return True, "ok", None
@@ -354,12 +446,4 @@ def inline_policy(text: str) -> Policy:
     return parse_policy(text, source="request", default_id="inline")
 
 
-__all__ = [
-    "ANONYMOUS",
-    "SCOPES",
-    "Forbidden",
-    "NotFound",
-    "Service",
-    "TooLarge",
-    "inline_policy",
-]
+__all__ = ["ANONYMOUS", "JUDGES_KEPT", "SCOPES", "Service", "inline_policy"]

@@ -1,0 +1,67 @@
+"""`/v1/decisions`: the decision log, newest first, and one decision by id."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query
+
+from magistrate.server.deps import AdminKey, ServiceDep
+from magistrate.server.responses import ERRORS, NOT_FOUND
+from magistrate.server.schemas import DecisionList, StoredDecisionOut
+from magistrate.store import DecisionFilter, StoredDecision
+from magistrate.store.store import parse_since
+
+router = APIRouter(tags=["decisions"])
+
+
+def _out(row: StoredDecision, include_content: bool) -> StoredDecisionOut:
+    return StoredDecisionOut(
+        seq=row.seq,
+        decision=row.decision.to_dict(),
+        content=row.content if include_content else None,
+    )
+
+
+@router.get("/v1/decisions", response_model=DecisionList, responses=ERRORS)
+async def list_decisions(
+    key: AdminKey,
+    svc: ServiceDep,
+    policy: Annotated[str | None, Query(max_length=200)] = None,
+    label: Annotated[str | None, Query(max_length=200)] = None,
+    since: Annotated[
+        str | None, Query(max_length=64, description="`30m`, `2h`, `7d` or an ISO time.")
+    ] = None,
+    violations: bool = False,
+    abstained: bool = False,
+    before: Annotated[
+        int | None, Query(ge=1, description="Only decisions older than this seq.")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    include_content: bool = False,
+) -> DecisionList:
+    """Recorded decisions, newest first (filters as in `magistrate logs list`)."""
+    where = DecisionFilter(
+        policy_id=policy,
+        label=label,
+        since=parse_since(since) if since else None,
+        violations=violations,
+        abstained=abstained,
+        before_seq=before,
+    )
+    rows = await svc.decisions(where, limit)
+    return DecisionList(decisions=[_out(r, include_content) for r in rows])
+
+
+@router.get(
+    "/v1/decisions/{decision_id}",
+    response_model=StoredDecisionOut,
+    responses={**ERRORS, **NOT_FOUND},
+)
+async def get_decision(
+    decision_id: Annotated[str, Path(pattern=r"^[0-9A-Za-z]{6,26}$")],
+    key: AdminKey,
+    svc: ServiceDep,
+    include_content: bool = False,
+) -> StoredDecisionOut:
+    """One recorded decision by id (or a unique id prefix)."""
+    # NotFound answers 404; StoreUnavailable (the database is down) answers 503.
+    return _out(await svc.decision(decision_id), include_content)
