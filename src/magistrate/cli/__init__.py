@@ -16,6 +16,8 @@ import sys
 import typer
 from rich.markup import escape
 
+# Each command module adds itself to `app` when imported.
+from magistrate.cli import classify, eval, logs, model, models, policy, serve
 from magistrate.cli.app import (
     EXIT_INTERRUPTED,
     EXIT_NO_VERDICT,
@@ -24,6 +26,9 @@ from magistrate.cli.app import (
     err_console,
 )
 from magistrate.errors import MagistrateError
+
+COMMANDS = (classify, eval, logs, model, models, policy, serve)
+"""The command modules, registered on `app` by importing them."""
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -38,4 +43,4 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(EXIT_USER_ERROR)
 
 
-__all__ = ["EXIT_NO_VERDICT", "EXIT_USER_ERROR", "app", "main", "typer"]
+__all__ = ["COMMANDS", "EXIT_NO_VERDICT", "EXIT_USER_ERROR", "app", "main", "typer"]

@@ -1,4 +1,8 @@
-"""The Typer application and the consoles every command shares."""
+"""The Typer application and the consoles every command shares.
+
+Command modules import this module and add themselves to `app`; this module imports none
+of them (the package `magistrate.cli` does), so no import circle runs through it.
+"""
 
 from __future__ import annotations
 
@@ -19,12 +23,3 @@ app = typer.Typer(
 )
 out_console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False)
-
-# Register the commands (each module adds itself to `app`).
-from magistrate.cli import classify as _classify  # noqa: E402,F401
-from magistrate.cli import eval as _eval  # noqa: E402,F401
-from magistrate.cli import logs as _logs  # noqa: E402,F401
-from magistrate.cli import model as _model  # noqa: E402,F401
-from magistrate.cli import models as _models  # noqa: E402,F401
-from magistrate.cli import policy as _policy  # noqa: E402,F401
-from magistrate.cli import serve as _serve  # noqa: E402,F401

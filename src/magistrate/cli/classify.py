@@ -15,7 +15,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from magistrate.backends import DEFAULT_MODEL, backend_for
 from magistrate.cli.app import EXIT_NO_VERDICT, app, err_console, out_console
-from magistrate.cli.options import BaseUrlOption, DatabaseOption, EndpointOption, ModelOption
+from magistrate.cli.options import (
+    BaseUrlOption,
+    CalibrateOption,
+    DatabaseOption,
+    EffortOption,
+    EndpointOption,
+    ModelOption,
+    ModeOption,
+    OnAbstainOption,
+    TimeoutOption,
+)
 from magistrate.decision import Decision, OnAbstain
 from magistrate.engine import Judge, Judgement, judge_all
 from magistrate.errors import InputError
@@ -24,72 +34,63 @@ from magistrate.policy import Policy
 from magistrate.prompt import Effort, Mode
 from magistrate.store import Recorder, Store
 
+PolicyOption = Annotated[
+    list[str],
+    typer.Option(
+        "--policy",
+        "-p",
+        help="Policy file, or a bundled policy name. Repeat to judge several policies in "
+        "one prompt (one call per item, one decision per policy; the item is flagged "
+        "when any policy flags it).",
+    ),
+]
+TextArgument = Annotated[
+    str | None, typer.Argument(help="Content to classify, or '-' to read it from stdin.")
+]
+FileOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--file",
+        "-f",
+        help="Many items: a .jsonl file ({'text', 'id', 'label'} per line) or a text file "
+        "with one item per line.",
+    ),
+]
+MaxCharsOption = Annotated[int, typer.Option(min=1, help="Size limit for one item, in characters.")]
+FallbackOption = Annotated[
+    bool, typer.Option(help="Retry with constrained decoding when an answer does not parse.")
+]
+LogOption = Annotated[
+    bool, typer.Option(envvar="MAGISTRATE_LOG", help="Record every decision in the decision log.")
+]
+LogContentOption = Annotated[
+    bool,
+    typer.Option(
+        "--log-content/--redact",
+        envvar="MAGISTRATE_LOG_CONTENT",
+        help="Keep the content in the log, or only its SHA-256.",
+    ),
+]
+
 
 @app.command()
 def classify(
-    policy: Annotated[
-        list[str],
-        typer.Option(
-            "--policy",
-            "-p",
-            help="Policy file, or a bundled policy name. Repeat to judge several policies in "
-            "one prompt (one call per item, one decision per policy; the item is flagged "
-            "when any policy flags it).",
-        ),
-    ],
-    text: Annotated[
-        str | None, typer.Argument(help="Content to classify, or '-' to read it from stdin.")
-    ] = None,
-    file: Annotated[
-        Path | None,
-        typer.Option(
-            "--file",
-            "-f",
-            help="Many items: a .jsonl file ({'text', 'id', 'label'} per line) or a text file "
-            "with one item per line.",
-        ),
-    ] = None,
+    policy: PolicyOption,
+    text: TextArgument = None,
+    file: FileOption = None,
     model: ModelOption = DEFAULT_MODEL,
     base_url: BaseUrlOption = None,
     endpoint: EndpointOption = None,
-    mode: Annotated[Mode, typer.Option(envvar="MAGISTRATE_MODE", help="reason or score.")] = (
-        Mode.REASON
-    ),
-    effort: Annotated[Effort, typer.Option(envvar="MAGISTRATE_EFFORT")] = Effort.MEDIUM,
+    mode: ModeOption = Mode.REASON,
+    effort: EffortOption = Effort.MEDIUM,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
-    max_chars: Annotated[
-        int, typer.Option(min=1, help="Size limit for one item, in characters.")
-    ] = DEFAULT_MAX_CHARS,
-    timeout: Annotated[
-        float | None, typer.Option(min=0.1, help="Seconds allowed per item.")
-    ] = None,
-    fallback: Annotated[
-        bool, typer.Option(help="Retry with constrained decoding when an answer does not parse.")
-    ] = True,
-    calibrate: Annotated[
-        bool,
-        typer.Option(help="Choose the label by the policy's threshold, not the raw top token."),
-    ] = True,
-    on_abstain: Annotated[
-        OnAbstain,
-        typer.Option(
-            envvar="MAGISTRATE_ON_ABSTAIN",
-            help="What an item without a verdict means: error (exit 3), fail-closed (flag it) "
-            "or fail-open (allow it); the abstention and its reason are recorded either way.",
-        ),
-    ] = OnAbstain.ERROR,
-    log: Annotated[
-        bool,
-        typer.Option(envvar="MAGISTRATE_LOG", help="Record every decision in the decision log."),
-    ] = True,
-    log_content: Annotated[
-        bool,
-        typer.Option(
-            "--log-content/--redact",
-            envvar="MAGISTRATE_LOG_CONTENT",
-            help="Keep the content in the log, or only its SHA-256.",
-        ),
-    ] = True,
+    max_chars: MaxCharsOption = DEFAULT_MAX_CHARS,
+    timeout: TimeoutOption = None,
+    fallback: FallbackOption = True,
+    calibrate: CalibrateOption = True,
+    on_abstain: OnAbstainOption = OnAbstain.ERROR,
+    log: LogOption = True,
+    log_content: LogContentOption = True,
     database: DatabaseOption = None,
 ) -> None:
     """Classify content under a policy: label, rule ids, score and rationale on stdout.

@@ -13,9 +13,19 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from magistrate.backends import DEFAULT_MODEL, backend_for
+from magistrate.backends import DEFAULT_MODEL, Backend, backend_for
 from magistrate.cli.app import app, err_console, out_console
-from magistrate.cli.options import BaseUrlOption, DatabaseOption, EndpointOption, ModelOption
+from magistrate.cli.options import (
+    BaseUrlOption,
+    CalibrateOption,
+    DatabaseOption,
+    EffortOption,
+    EndpointOption,
+    ModelOption,
+    ModeOption,
+    OnAbstainOption,
+    TimeoutOption,
+)
 from magistrate.decision import Decision, OnAbstain
 from magistrate.engine import Judge, Judgement
 from magistrate.errors import ConfigError
@@ -58,96 +68,114 @@ eval_app = typer.Typer(
 app.add_typer(eval_app, name="eval")
 
 
+DatasetOption = Annotated[
+    str | None,
+    typer.Option(
+        "--dataset",
+        help="Built-in name (openai-moderation-2022, toxicchat[:human|:train], sms-spam) "
+        "or a .jsonl/.csv/.tsv/.parquet file.",
+    ),
+]
+PoliciesOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--policy",
+        "-p",
+        help="Policy file or bundled name. Repeat for several policies, each judged on "
+        "the dataset label of its name (multi-policy exact match); one whose name is no "
+        "label counts only towards the any-policy answer on the overall label.",
+    ),
+]
+StrategyOption = Annotated[
+    Strategy,
+    typer.Option(
+        help="Several policies: one call per policy (separate), one prompt for all "
+        "(combined; in score mode each policy's label is read where its line begins), or "
+        "both side by side.",
+    ),
+]
+DataDirOption = Annotated[
+    Path | None,
+    typer.Option(envvar=DATA_DIR_ENV, help="Folder holding the built-in datasets."),
+]
+TextColOption = Annotated[str | None, typer.Option(help="Column with the text (files).")]
+LabelColOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        help="Column with the gold label. Repeat to keep several labels by name, one per "
+        "policy judged (the first is the single-policy gold).",
+    ),
+]
+IdColOption = Annotated[str | None, typer.Option(help="Column with the item id.")]
+PositiveOption = Annotated[
+    list[str] | None,
+    typer.Option(help="A label value that means violating (repeat for several)."),
+]
+ShapeOption = Annotated[
+    str,
+    typer.Option(
+        help="File shape: rows (a text and a label per row) or teen-safety (a prompt, a "
+        "response and a label for each per row).",
+    ),
+]
+TargetOption = Annotated[
+    str, typer.Option(help="teen-safety shape: judge the prompt or the response.")
+]
+PartOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Only one fixed half of the dataset (stratified by gold, by a hash of each "
+        "item id): choose thresholds and wording on 'tune', report figures on 'report'.",
+    ),
+]
+LimitOption = Annotated[int | None, typer.Option(min=1, help="Only the first N items.")]
+SampleOption = Annotated[
+    int | None, typer.Option(min=1, help="A stratified random sample of N items.")
+]
+SeedOption = Annotated[int, typer.Option(help="Seed for --sample and the threshold split.")]
+MaxErrorsOption = Annotated[
+    float | None,
+    typer.Option(help="Abort past this many items without a verdict (N, or a fraction < 1)."),
+]
+ThresholdSplitOption = Annotated[
+    float | None,
+    typer.Option(
+        min=0.05, max=0.95, help="Choose the threshold on this fraction, report on the rest."
+    ),
+]
+CacheOption = Annotated[bool, typer.Option(help="Reuse verdicts already in the decision log.")]
+OutputOption = Annotated[Path, typer.Option("--output", "-o", help="Folder for the result JSON.")]
+
+
 @eval_app.callback()
 def run(
     ctx: typer.Context,
-    dataset: Annotated[
-        str | None,
-        typer.Option(
-            "--dataset",
-            help="Built-in name (openai-moderation-2022, toxicchat[:human|:train], sms-spam) "
-            "or a .jsonl/.csv/.tsv/.parquet file.",
-        ),
-    ] = None,
-    policy: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--policy",
-            "-p",
-            help="Policy file or bundled name. Repeat for several policies, each judged on "
-            "the dataset label of its name (multi-policy exact match); one whose name is no "
-            "label counts only towards the any-policy answer on the overall label.",
-        ),
-    ] = None,
-    strategy: Annotated[
-        Strategy,
-        typer.Option(
-            help="Several policies: one call per policy (separate), one prompt for all "
-            "(combined; in score mode each policy's label is read where its line begins), or "
-            "both side by side.",
-        ),
-    ] = Strategy.SEPARATE,
+    dataset: DatasetOption = None,
+    policy: PoliciesOption = None,
+    strategy: StrategyOption = Strategy.SEPARATE,
     model: ModelOption = DEFAULT_MODEL,
     base_url: BaseUrlOption = None,
     endpoint: EndpointOption = None,
-    mode: Annotated[Mode, typer.Option(envvar="MAGISTRATE_MODE")] = Mode.SCORE,
-    effort: Annotated[Effort, typer.Option(envvar="MAGISTRATE_EFFORT")] = Effort.MEDIUM,
-    data_dir: Annotated[
-        Path | None,
-        typer.Option(envvar=DATA_DIR_ENV, help="Folder holding the built-in datasets."),
-    ] = None,
-    text_col: Annotated[str | None, typer.Option(help="Column with the text (files).")] = None,
-    label_col: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="Column with the gold label. Repeat to keep several labels by name, one per "
-            "policy judged (the first is the single-policy gold).",
-        ),
-    ] = None,
-    id_col: Annotated[str | None, typer.Option(help="Column with the item id.")] = None,
-    positive: Annotated[
-        list[str] | None,
-        typer.Option(help="A label value that means violating (repeat for several)."),
-    ] = None,
-    shape: Annotated[
-        str,
-        typer.Option(
-            help="File shape: rows (a text and a label per row) or teen-safety (a prompt, a "
-            "response and a label for each per row).",
-        ),
-    ] = "rows",
-    target: Annotated[
-        str, typer.Option(help="teen-safety shape: judge the prompt or the response.")
-    ] = "prompt",
-    part: Annotated[
-        str | None,
-        typer.Option(
-            help="Only one fixed half of the dataset (stratified by gold, by a hash of each "
-            "item id): choose thresholds and wording on 'tune', report figures on 'report'.",
-        ),
-    ] = None,
-    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N items.")] = None,
-    sample: Annotated[
-        int | None, typer.Option(min=1, help="A stratified random sample of N items.")
-    ] = None,
-    seed: Annotated[int, typer.Option(help="Seed for --sample and the threshold split.")] = 0,
-    max_errors: Annotated[
-        float | None,
-        typer.Option(help="Abort past this many items without a verdict (N, or a fraction < 1)."),
-    ] = None,
-    threshold_split: Annotated[
-        float | None,
-        typer.Option(
-            min=0.05, max=0.95, help="Choose the threshold on this fraction, report on the rest."
-        ),
-    ] = None,
-    calibrate: Annotated[bool, typer.Option(help="Apply the policy's threshold.")] = True,
-    cache: Annotated[bool, typer.Option(help="Reuse verdicts already in the decision log.")] = True,
-    timeout: Annotated[float | None, typer.Option(min=0.1, help="Seconds per item.")] = None,
-    on_abstain: Annotated[OnAbstain, typer.Option()] = OnAbstain.ERROR,
-    output: Annotated[
-        Path, typer.Option("--output", "-o", help="Folder for the result JSON.")
-    ] = Path("eval-runs"),
+    mode: ModeOption = Mode.SCORE,
+    effort: EffortOption = Effort.MEDIUM,
+    data_dir: DataDirOption = None,
+    text_col: TextColOption = None,
+    label_col: LabelColOption = None,
+    id_col: IdColOption = None,
+    positive: PositiveOption = None,
+    shape: ShapeOption = "rows",
+    target: TargetOption = "prompt",
+    part: PartOption = None,
+    limit: LimitOption = None,
+    sample: SampleOption = None,
+    seed: SeedOption = 0,
+    max_errors: MaxErrorsOption = None,
+    threshold_split: ThresholdSplitOption = None,
+    calibrate: CalibrateOption = True,
+    cache: CacheOption = True,
+    timeout: TimeoutOption = None,
+    on_abstain: OnAbstainOption = OnAbstain.ERROR,
+    output: OutputOption = Path("eval-runs"),
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
     database: DatabaseOption = None,
 ) -> None:
@@ -169,17 +197,7 @@ def run(
         shape=shape,
         target=target,
     )
-    data = load_dataset(dataset, data_dir_path=data_dir, columns=columns)
-    if len(policy) == 1:
-        data = data.labelled()
-    if part is not None:
-        data = data.part(part)
-    if sample is not None:
-        data = data.sample(sample, seed=seed)
-    if limit is not None:
-        data = data.limit(limit)
-    if not len(data):
-        raise ConfigError(f"Dataset {dataset!r} has no items with a gold label.")
+    data = _load(dataset, data_dir, columns, len(policy), part, sample, limit, seed)
     store = Store(database)
     backend = backend_for(model, base_url=base_url, endpoint=endpoint)
     output.mkdir(parents=True, exist_ok=True)
@@ -188,12 +206,9 @@ def run(
         "effort": effort,
         "timeout_s": timeout,
         "on_abstain": on_abstain,
+        "calibrated": calibrate,
     }
-    plans: list[list[Judge]] = []
-    if len(policy) == 1 or strategy is not Strategy.COMBINED:
-        plans.append([Judge(p, backend, calibrated=calibrate, **settings) for p in policy])
-    if len(policy) > 1 and strategy is not Strategy.SEPARATE:
-        plans.append([Judge(policy, backend, strategy="combined", **settings)])
+    plans = _plans(policy, backend, strategy, settings)
     try:
         runs = [
             _evaluate(data, judges, store, cache, max_errors, threshold_split, seed)
@@ -205,6 +220,45 @@ def run(
         _report_multi([r.multi for r in runs if r.multi is not None], output, as_json)
         return
     _report_single(runs[0].runs[0], output, as_json)
+
+
+def _load(
+    dataset: str,
+    data_dir: Path | None,
+    columns: Columns,
+    policies: int,
+    part: str | None,
+    sample: int | None,
+    limit: int | None,
+    seed: int,
+) -> Dataset:
+    """The dataset, cut to the part, sample and limit asked for (for a single policy, only
+    the items with a gold label)."""
+    data = load_dataset(dataset, data_dir_path=data_dir, columns=columns)
+    if policies == 1:
+        data = data.labelled()
+    if part is not None:
+        data = data.part(part)
+    if sample is not None:
+        data = data.sample(sample, seed=seed)
+    if limit is not None:
+        data = data.limit(limit)
+    if not len(data):
+        raise ConfigError(f"Dataset {dataset!r} has no items with a gold label.")
+    return data
+
+
+def _plans(
+    policies: list[str], backend: Backend, strategy: Strategy, settings: dict[str, Any]
+) -> list[list[Judge]]:
+    """The judges of each strategy asked for: one judge per policy (a single policy, or
+    `separate`), and one judge of all of them (`combined`)."""
+    plans: list[list[Judge]] = []
+    if len(policies) == 1 or strategy is not Strategy.COMBINED:
+        plans.append([Judge(p, backend, **settings) for p in policies])
+    if len(policies) > 1 and strategy is not Strategy.SEPARATE:
+        plans.append([Judge(policies, backend, strategy="combined", **settings)])
+    return plans
 
 
 def _report_single(result: EvalResult, output: Path, as_json: bool) -> None:

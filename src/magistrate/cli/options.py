@@ -6,6 +6,8 @@ from typing import Annotated
 
 import typer
 
+from magistrate.decision import OnAbstain
+from magistrate.prompt import Effort, Mode
 from magistrate.store import DATABASE_ENV
 
 DatabaseOption = Annotated[
@@ -36,5 +38,22 @@ EndpointOption = Annotated[
         help="For openai/<model>: a preset (vllm, ollama, lmstudio, llamacpp, groq, "
         "openrouter) or an endpoint from the config file.",
         show_default=False,
+    ),
+]
+ModeOption = Annotated[
+    Mode, typer.Option(envvar="MAGISTRATE_MODE", help="reason (the model writes) or score.")
+]
+EffortOption = Annotated[Effort, typer.Option(envvar="MAGISTRATE_EFFORT")]
+TimeoutOption = Annotated[float | None, typer.Option(min=0.1, help="Seconds allowed per item.")]
+CalibrateOption = Annotated[
+    bool,
+    typer.Option(help="Choose the label by the policy's threshold, not the raw top token."),
+]
+OnAbstainOption = Annotated[
+    OnAbstain,
+    typer.Option(
+        envvar="MAGISTRATE_ON_ABSTAIN",
+        help="What an item without a verdict means: error (exit 3), fail-closed (flag it) "
+        "or fail-open (allow it); the abstention and its reason are recorded either way.",
     ),
 ]

@@ -33,34 +33,59 @@ def _server() -> Any:
     return server
 
 
+HostOption = Annotated[str, typer.Option(envvar="MAGISTRATE_HOST", help="Address to bind.")]
+PortOption = Annotated[int, typer.Option(envvar="MAGISTRATE_PORT", min=0, max=65535)]
+PoliciesDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--policies",
+        envvar="MAGISTRATE_POLICIES",
+        help="Folder of .md policies, activated at start (the starter pack is always "
+        "available under its own ids).",
+    ),
+]
+WorkersOption = Annotated[int, typer.Option(min=1, help="Processes (each loads its own model).")]
+RequireKeysOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--require-keys/--no-require-keys",
+        help="Require API keys (default: yes unless bound to loopback).",
+        show_default=False,
+    ),
+]
+QueueOption = Annotated[
+    int, typer.Option(min=0, help="Judgements that may wait before requests get 429.")
+]
+RateOption = Annotated[
+    int, typer.Option(min=0, help="Requests per minute per API key (0: no limit).")
+]
+CacheTtlOption = Annotated[
+    float, typer.Option(min=0, help="Seconds identical judgements are served from memory.")
+]
+RedactOption = Annotated[
+    bool, typer.Option("--redact", help="Log only the content's hash, not the content.")
+]
+CategoriesOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Categories of /v1/moderations, comma-separated, each `name` or "
+        "`name=policy-id` (default: the 8 OpenAI categories, starter-pack policies).",
+    ),
+]
+CorsOption = Annotated[list[str] | None, typer.Option(help="Allow browser calls from this origin.")]
+
+
 @app.command()
 def serve(
-    host: Annotated[str, typer.Option(envvar="MAGISTRATE_HOST", help="Address to bind.")] = (
-        "127.0.0.1"
-    ),
-    port: Annotated[int, typer.Option(envvar="MAGISTRATE_PORT", min=0, max=65535)] = 8000,
+    host: HostOption = "127.0.0.1",
+    port: PortOption = 8000,
     model: ModelOption = DEFAULT_MODEL,
     base_url: BaseUrlOption = None,
     endpoint: EndpointOption = None,
-    policies: Annotated[
-        Path | None,
-        typer.Option(
-            "--policies",
-            envvar="MAGISTRATE_POLICIES",
-            help="Folder of .md policies, activated at start (the starter pack is always "
-            "available under its own ids).",
-        ),
-    ] = None,
+    policies: PoliciesDirOption = None,
     database: DatabaseOption = None,
-    workers: Annotated[int, typer.Option(min=1, help="Processes (each loads its own model).")] = 1,
-    require_keys: Annotated[
-        bool | None,
-        typer.Option(
-            "--require-keys/--no-require-keys",
-            help="Require API keys (default: yes unless bound to loopback).",
-            show_default=False,
-        ),
-    ] = None,
+    workers: WorkersOption = 1,
+    require_keys: RequireKeysOption = None,
     mode: Annotated[Mode, typer.Option(help="Default mode for /v1/classify.")] = Mode.SCORE,
     effort: Annotated[Effort, typer.Option()] = Effort.MEDIUM,
     on_abstain: Annotated[
@@ -69,29 +94,13 @@ def serve(
     timeout: Annotated[float, typer.Option(min=0.1, help="Seconds per judgement.")] = 120.0,
     max_body_bytes: Annotated[int, typer.Option(min=1024)] = 1_000_000,
     max_items: Annotated[int, typer.Option(min=1, help="Items per request.")] = 64,
-    queue: Annotated[
-        int, typer.Option(min=0, help="Judgements that may wait before requests get 429.")
-    ] = 64,
-    rate_per_minute: Annotated[
-        int, typer.Option(min=0, help="Requests per minute per API key (0: no limit).")
-    ] = 600,
-    cache_ttl: Annotated[
-        float, typer.Option(min=0, help="Seconds identical judgements are served from memory.")
-    ] = 300.0,
-    redact: Annotated[
-        bool, typer.Option("--redact", help="Log only the content's hash, not the content.")
-    ] = False,
+    queue: QueueOption = 64,
+    rate_per_minute: RateOption = 600,
+    cache_ttl: CacheTtlOption = 300.0,
+    redact: RedactOption = False,
     allow_inline_policies: Annotated[bool, typer.Option()] = False,
-    moderation_categories: Annotated[
-        str | None,
-        typer.Option(
-            help="Categories of /v1/moderations, comma-separated, each `name` or "
-            "`name=policy-id` (default: the 8 OpenAI categories, starter-pack policies).",
-        ),
-    ] = None,
-    cors_origin: Annotated[
-        list[str] | None, typer.Option(help="Allow browser calls from this origin.")
-    ] = None,
+    moderation_categories: CategoriesOption = None,
+    cors_origin: CorsOption = None,
 ) -> None:
     """Serve /v1/classify, /v1/moderations (OpenAI's shape), policies and decisions over HTTP."""
     server = _server()
@@ -122,18 +131,7 @@ def serve(
     if moderation_categories:
         fields["moderation_categories"] = parse_categories(moderation_categories)
     settings = server.ServerSettings(**fields)
-    if settings.keys_required:
-        with Store(database) as store:
-            if not store.api_keys():
-                raise ConfigError(
-                    f"Serving on {host} needs API keys and the log has none. Create one with "
-                    "`magistrate keys create NAME`, or bind to 127.0.0.1."
-                )
-    elif require_keys is False and not server.schemas.is_loopback(host):
-        err_console.print(
-            f"[yellow]Warning:[/] serving on {escape(host)} without API keys: anyone who can "
-            "reach this port can classify and manage policies."
-        )
+    _check_keys(settings, require_keys, server.schemas.is_loopback(host))
     keys = "required" if settings.keys_required else "not required"
     err_console.print(
         f"Magistrate {escape(model)} on http://{escape(host)}:{port} (API keys {keys}; "
@@ -151,6 +149,23 @@ def serve(
         uvicorn.run("magistrate.server.app:app_from_env", factory=True, workers=workers, **common)
     else:
         uvicorn.run(server.create_app(settings), **common)
+
+
+def _check_keys(settings: Any, require_keys: bool | None, loopback: bool) -> None:
+    """Refuse to serve off loopback with keys required and none created; warn when keys
+    were turned off there."""
+    if settings.keys_required:
+        with Store(settings.database) as store:
+            if not store.api_keys():
+                raise ConfigError(
+                    f"Serving on {settings.host} needs API keys and the log has none. Create "
+                    "one with `magistrate keys create NAME`, or bind to 127.0.0.1."
+                )
+    elif require_keys is False and not loopback:
+        err_console.print(
+            f"[yellow]Warning:[/] serving on {escape(settings.host)} without API keys: anyone "
+            "who can reach this port can classify and manage policies."
+        )
 
 
 def parse_categories(spec: str) -> dict[str, str]:

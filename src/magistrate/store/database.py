@@ -30,8 +30,8 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
+import magistrate.store.migrations as migrations
 from magistrate.errors import ConfigError, MissingDependency, StoreError, StoreUnavailable
-from magistrate.store import migrations
 
 DATABASE_ENV = "MAGISTRATE_DATABASE_URL"
 """Environment variable naming the log: a SQLAlchemy URL or a SQLite file path."""
