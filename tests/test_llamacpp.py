@@ -10,11 +10,22 @@ import pytest
 
 from magistrate.backends.base import CompletionOptions
 from magistrate.backends.llamacpp import LlamaCppBackend, resolve_model_path
-from magistrate.engine import Classifier
+from magistrate.engine import Judge, judge_all
 from magistrate.errors import ConfigError, ModelError
 from magistrate.item import Item
 from magistrate.prompt import build_prompt
 from magistrate.verdict import ParseStatus, parse_verdict
+
+
+def decide(judge, content):
+    """The one decision of a judge of one policy on one item."""
+    return asyncio.run(judge.judge(content)).decisions[0]
+
+
+def decide_all(judge, items):
+    """The decisions of a judge of one policy on many items, in order."""
+    return [j.decisions[0] for j in asyncio.run(judge_all(judge, items))]
+
 
 pytestmark = pytest.mark.model
 
@@ -26,8 +37,8 @@ HAM = "Hey, are you still coming to Sam's birthday on Saturday? Let me know so I
 def test_score_mode_on_a_fixed_set(spam, embedded_backend):
     examples = [json.loads(line) for line in (ROOT / "examples" / "spam.jsonl").open()]
     chosen = [e for e in examples if e["id"] in ("sp01", "sp02", "sp03", "hm01", "hm03", "hm08")]
-    clf = Classifier(spam, embedded_backend, mode="score")
-    decisions = asyncio.run(clf.classify_many([Item.of(e["text"]) for e in chosen]))
+    clf = Judge(spam, embedded_backend, mode="score")
+    decisions = decide_all(clf, [Item.of(e["text"]) for e in chosen])
     for example, d in zip(chosen, decisions, strict=True):
         assert d.ok, d.verdict
         assert 0.0 <= d.verdict.score <= 1.0
@@ -39,17 +50,17 @@ def test_score_mode_on_a_fixed_set(spam, embedded_backend):
 
 
 def test_reason_mode_cites_real_rules_and_agrees_with_score_mode(spam, embedded_backend):
-    reason = Classifier(spam, embedded_backend, mode="reason")
-    score = Classifier(spam, embedded_backend, mode="score")
+    reason = Judge(spam, embedded_backend, mode="reason")
+    score = Judge(spam, embedded_backend, mode="score")
     for text, expected in ((SPAM, True), (HAM, False)):
-        d = asyncio.run(reason.classify(text))
+        d = decide(reason, text)
         assert d.ok and d.violation is expected, d.verdict
         assert set(d.verdict.rule_ids) <= spam.known_rule_ids
         if expected:
             assert d.verdict.rule_ids, d.verdict
         assert d.verdict.rationale
         assert d.verdict.score is not None
-        s = asyncio.run(score.classify(text))
+        s = decide(score, text)
         assert s.violation is d.violation
         # Batch shapes differ between the two runs, so the float sums differ a little.
         assert s.verdict.score == pytest.approx(d.verdict.score, abs=0.02)
@@ -68,25 +79,24 @@ def test_constrained_decoding_only_cites_existing_rules(spam, embedded_backend):
 
 
 def test_labels_policy_in_reason_mode(severity, embedded_backend):
-    d = asyncio.run(
-        Classifier(severity, embedded_backend).classify(
-            "Your account is locked. Send your password to unlock it now."
-        )
+    d = decide(
+        Judge(severity, embedded_backend),
+        "Your account is locked. Send your password to unlock it now.",
     )
     assert d.verdict.status in (ParseStatus.OK,), d.verdict
     assert d.verdict.label in {"VALID", "INVALID", "INVALID + ESCALATE"}
 
 
 def test_labels_sharing_a_first_token_cannot_be_scored(severity, embedded_backend):
-    clf = Classifier(severity, embedded_backend, mode="score")
+    clf = Judge(severity, embedded_backend, mode="score")
     with pytest.raises(ConfigError, match="first tokens differ"):
-        asyncio.run(clf.classify("hello"))
+        decide(clf, "hello")
 
 
 def test_content_longer_than_the_context_is_an_error_decision(spam, embedded_backend):
-    clf = Classifier(spam, embedded_backend, mode="score", max_chars=400_000)
+    clf = Judge(spam, embedded_backend, mode="score", max_chars=400_000)
     # one token per word: past the context however large it is (checked before any decoding)
-    d = asyncio.run(clf.classify("spam " * (embedded_backend.n_ctx + 1000)))
+    d = decide(clf, "spam " * (embedded_backend.n_ctx + 1000))
     assert d.verdict.status is ParseStatus.ERROR and d.violation is None
     assert "context" in (d.error or "")
 

@@ -15,8 +15,19 @@ from llamaserver import LlamaServer
 
 from magistrate.backends.openai_compat import OpenAIBackend
 from magistrate.embedded import model_path
-from magistrate.engine import Classifier
+from magistrate.engine import Judge, judge_all
 from magistrate.item import Item
+
+
+def decide(judge, content):
+    """The one decision of a judge of one policy on one item."""
+    return asyncio.run(judge.judge(content)).decisions[0]
+
+
+def decide_all(judge, items):
+    """The decisions of a judge of one policy on many items, in order."""
+    return [j.decisions[0] for j in asyncio.run(judge_all(judge, items))]
+
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.model
@@ -39,9 +50,9 @@ def examples() -> list[Item]:
 
 def test_score_mode_gives_the_in_process_verdicts(served, spam, embedded_backend):
     items = examples()
-    local = asyncio.run(Classifier(spam, embedded_backend, mode="score").classify_many(items))
+    local = decide_all(Judge(spam, embedded_backend, mode="score"), items)
     remote_backend = OpenAIBackend("embedded", base_url=served, max_concurrency=1)
-    remote = asyncio.run(Classifier(spam, remote_backend, mode="score").classify_many(items))
+    remote = decide_all(Judge(spam, remote_backend, mode="score"), items)
     assert all(d.ok for d in remote), [d.verdict.detail for d in remote if not d.ok]
     for here, there in zip(local, remote, strict=True):
         assert there.verdict.score == pytest.approx(here.verdict.score, abs=0.03), here.item_id
@@ -53,9 +64,7 @@ def test_score_mode_gives_the_in_process_verdicts(served, spam, embedded_backend
 
 def test_reason_mode_over_http(served, spam):
     backend = OpenAIBackend("embedded", base_url=served)
-    d = asyncio.run(
-        Classifier(spam, backend).classify("WINNER!! Claim your FREE cruise: call 09061701461")
-    )
+    d = decide(Judge(spam, backend), "WINNER!! Claim your FREE cruise: call 09061701461")
     assert d.ok and d.violation is True and d.verdict.rationale
     assert set(d.verdict.rule_ids) <= spam.known_rule_ids and d.verdict.score is not None
     assert d.backend == "openai/embedded" and d.usage.completion_tokens > 5
@@ -64,10 +73,10 @@ def test_reason_mode_over_http(served, spam):
 def test_concurrent_requests_all_answer(served, spam):
     items = examples()[:6]
     backend = OpenAIBackend("embedded", base_url=served, max_concurrency=3)
-    clf = Classifier(spam, backend, mode="score")
-    together = asyncio.run(clf.classify_many(items))
+    clf = Judge(spam, backend, mode="score")
+    together = decide_all(clf, items)
     assert all(d.ok for d in together)
-    alone = [asyncio.run(clf.classify(item)) for item in items[:2]]
+    alone = [decide(clf, item) for item in items[:2]]
     assert [d.verdict.label for d in alone] == [d.verdict.label for d in together[:2]]
 
 

@@ -9,8 +9,18 @@ from faultserver import REASONING, FaultServer, ResettingServer
 
 from magistrate.backends.openai_compat import OpenAIBackend, label_position
 from magistrate.config import Endpoint
-from magistrate.engine import Classifier
+from magistrate.engine import Judge, judge_all
 from magistrate.verdict import ParseStatus
+
+
+def decide(judge, content):
+    """The one decision of a judge of one policy on one item."""
+    return asyncio.run(judge.judge(content)).decisions[0]
+
+
+def decide_all(judge, items):
+    """The decisions of a judge of one policy on many items, in order."""
+    return [j.decisions[0] for j in asyncio.run(judge_all(judge, items))]
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +35,7 @@ def backend(url: str, scenario: str, **endpoint: object) -> OpenAIBackend:
 
 
 def judge(policy, b: OpenAIBackend, text: str = "WIN a FREE iPhone", **kwargs):
-    return asyncio.run(Classifier(policy, b, **kwargs).classify(text))
+    return decide(Judge(policy, b, **kwargs), text)
 
 
 @pytest.mark.parametrize(
@@ -124,8 +134,8 @@ def test_refused_and_reset_connections(spam):
 
 def test_concurrency_is_bounded(server, spam):
     b = backend(server.url, "vllm", max_concurrency=3)
-    clf = Classifier(spam, b)
-    decisions = asyncio.run(clf.classify_many([f"item {n}" for n in range(9)]))
+    clf = Judge(spam, b)
+    decisions = decide_all(clf, [f"item {n}" for n in range(9)])
     assert clf.concurrency == 3 and all(d.ok for d in decisions)
 
 

@@ -28,8 +28,19 @@ if not MODEL:
     pytest.skip("set MAGISTRATE_VLLM_MODEL to a local gpt-oss model", allow_module_level=True)
 
 from magistrate.backends.vllm_offline import VLLMBackend  # noqa: E402
-from magistrate.engine import Classifier  # noqa: E402
+from magistrate.engine import Judge, judge_all  # noqa: E402
 from magistrate.item import Item  # noqa: E402
+
+
+def decide(judge, content):
+    """The one decision of a judge of one policy on one item."""
+    return asyncio.run(judge.judge(content)).decisions[0]
+
+
+def decide_all(judge, items):
+    """The decisions of a judge of one policy on many items, in order."""
+    return [j.decisions[0] for j in asyncio.run(judge_all(judge, items))]
+
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,13 +56,13 @@ def items() -> list[tuple[Item, bool]]:
 
 
 def test_verdicts_reasoning_and_batching(backend, spam):
-    clf = Classifier(spam, backend, effort="low")
+    clf = Judge(spam, backend, effort="low")
     data = items()
     start = time.perf_counter()
-    one = [asyncio.run(clf.classify(item)) for item, _ in data[:4]]
+    one = [decide(clf, item) for item, _ in data[:4]]
     t_one = (time.perf_counter() - start) / 4
     start = time.perf_counter()
-    many = asyncio.run(clf.classify_many([item for item, _ in data]))
+    many = decide_all(clf, [item for item, _ in data])
     t_many = (time.perf_counter() - start) / len(data)
     assert all(d.ok for d in one + many), [d.verdict.detail for d in many if not d.ok]
     assert all(d.reasoning for d in many)
