@@ -637,3 +637,25 @@ def test_multi_result_files_are_written_whole_or_not_at_all(tmp_path, monkeypatc
     with pytest.raises(OSError, match="disk full"):
         eval_cli._report_multi([multi], tmp_path, as_json=True)
     assert not (tmp_path / f"{multi.id}.multi.json").exists()
+
+
+def test_the_deprecated_runner_functions_still_work(tmp_path, spam):
+    from magistrate.evaluate import runner
+    from magistrate.evaluate.datasets import Dataset, Example
+    from magistrate.policy import load_policy
+
+    examples = tuple(Example(f"e{k}", f"text {k}", k < 2, {"hate": k < 2}) for k in range(4))
+    ds = Dataset("cats", "mem", examples)
+    with pytest.warns(DeprecationWarning, match="evaluate"):
+        single = asyncio.run(
+            runner.run_eval(
+                ds, Judge(spam, scripted([1, 1, 0, 0]), mode="score"), judge_unlabelled=True
+            )
+        )
+    assert single.metrics.f1 == 1.0
+    with pytest.warns(DeprecationWarning, match="attributes"):
+        assert single.metrics["f1"] == 1.0  # dict-style reading of /1 days still answers
+    two = [Judge(load_policy(p), scripted([1, 1, 0, 0]), mode="score") for p in ("hate", "sexual")]
+    with pytest.warns(DeprecationWarning, match="evaluate"):
+        multi = asyncio.run(runner.run_multi_eval(ds, two))
+    assert multi.strategy == "separate" and len(multi.runs) == 2

@@ -150,11 +150,11 @@ class _FailingRecorder:
     def __init__(self) -> None:
         self.calls = 0
 
-    async def arecord(self, decision, policy, item) -> int:
+    async def arecord_all(self, decisions, item) -> list[int]:
         self.calls += 1
         if self.calls == 2:
             raise StoreError("disk gone")
-        return self.calls
+        return [self.calls]
 
 
 def test_an_unrecordable_decision_stops_the_run_and_cancels_the_rest(spam):
@@ -228,3 +228,55 @@ def test_closing_a_judge_never_kills_a_backend_the_registry_shares(spam, monkeyp
         warnings.simplefilter("error")  # no deprecated path is involved
         again = classify("y", policy=spam, model="dying/shared", mode="score")
     assert again.ok and again.verdict.label == "0"
+
+
+class _SlowFirst(MockBackend):
+    """The first call hangs (until cancelled); every other call answers at once."""
+
+    def __init__(self) -> None:
+        super().__init__(script=[score(0.5)], cycle=True, max_concurrency=4)
+        self.first_finished = False
+        self.calls = 0
+
+    async def complete(self, prompt, options):
+        self.calls += 1
+        if self.calls == 1:
+            await asyncio.sleep(30)
+            self.first_finished = True
+        return await super().complete(prompt, options)
+
+
+class _FailOnFirstWrite:
+    async def arecord_all(self, decisions, item) -> list[int]:
+        raise StoreError("disk gone")
+
+
+def test_a_later_item_failure_stops_the_run_without_waiting_for_earlier_items(spam):
+    backend = _SlowFirst()
+    judge = Judge(spam, backend, mode="score", recorder=_FailOnFirstWrite())
+    with pytest.raises(StoreError, match="disk gone"):
+        asyncio.run(judge_all(judge, [f"i{n}" for n in range(10)]))
+    assert not backend.first_finished  # the hanging first item was cancelled, not awaited
+
+
+def test_a_separate_judge_may_hold_one_policy_twice(spam):
+    backend = MockBackend(script=[score(0.9), score(0.1)], max_concurrency=1)
+    judgement = asyncio.run(
+        Judge([spam, spam], backend, mode="score", strategy="separate").judge("x")
+    )
+    assert [d.violation for d in judgement.decisions] == [True, False]
+    with pytest.raises(Exception, match="appears twice"):
+        Judge([spam, spam], backend, mode="score")  # one prompt cannot answer one id twice
+
+
+def test_a_combined_call_is_recorded_in_one_transaction(tmp_path):
+    from magistrate.store import Recorder, Store
+
+    store = Store(tmp_path / "log.db")
+    slots = ({"0": 0.2, "1": 0.8}, {"0": 0.9, "1": 0.1})
+    backend = MockBackend(script=[Scripted("", slot_probs=slots)])
+    judge = Judge(["hate", "violence"], backend, mode="score", recorder=Recorder(store))
+    judgement = asyncio.run(judge.judge("x"))
+    rows = sorted(store.decisions(), key=lambda r: r.seq)
+    assert [r.decision.id for r in rows] == [d.id for d in judgement.decisions]
+    assert rows[1].seq == rows[0].seq + 1

@@ -334,7 +334,11 @@ def test_a_store_outage_answers_503_never_404(tmp_path):
         error = down.json()["error"]
         assert set(error) == {"message", "type", "code"} and error["type"] == "server_error"
         assert "unable to open database file" in error["message"]
+        assert error["code"] == "store_unavailable"
         assert httpx.get(f"{srv.url}/v1/decisions/01ZZZZZZZZ").status_code == 503
+        # Activating a version during the outage is not "no such version" either.
+        active = httpx.put(f"{srv.url}/v1/policies/spam/active", json={"version": "@1"})
+        assert active.status_code == 503, active.text
 
 
 def test_graceful_shutdown_finishes_in_flight_work(tmp_path):

@@ -141,3 +141,16 @@ def test_a_request_before_the_service_exists_answers_503(starting: bool) -> None
     client = TestClient(app)  # no lifespan: the service is never made
     got = client.post("/v1/classify", json={"items": [{"text": "x"}], "policies": ["spam"]})
     assert got.status_code == 503 and got.json()["error"]["code"] == "starting"
+
+
+def test_moderation_categories_may_share_a_policy(tmp_path: Path) -> None:
+    """`--moderation-categories hate,hateful=hate`: two categories, one policy, both answered."""
+    categories = {"hate": "hate", "hateful": "hate"}
+    settings = ServerSettings(database=str(tmp_path / "log.db"), moderation_categories=categories)
+    app = create_app(settings, backend=MockBackend(script=[SPAM_1], cycle=True))
+    with serving(app) as srv:
+        got = httpx.post(f"{srv.url}/v1/moderations", json={"input": "hello"})
+        assert got.status_code == 200, got.text
+        result = got.json()["results"][0]
+        assert result["categories"] == {"hate": True, "hateful": True}
+        assert result["category_scores"]["hateful"] == pytest.approx(0.9)

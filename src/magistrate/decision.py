@@ -7,7 +7,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -148,10 +148,13 @@ class Recorder(Protocol):
     The engine depends on this protocol only, so judging never imports a database driver.
     """
 
-    async def arecord(self, decision: Decision, policy: Policy, item: Item) -> int:
-        """Record one decision under its policy; returns its position in the log.
+    async def arecord_all(
+        self, decisions: Sequence[tuple[Decision, Policy]], item: Item
+    ) -> list[int]:
+        """Record the decisions of one call (each under its policy) in one transaction:
+        all of them or none. Returns their positions in the log.
 
         Raises:
-            StoreError: The decision was made but not recorded (the message names it).
+            StoreError: The decisions were made but not recorded (the message names them).
         """
         ...

@@ -200,6 +200,26 @@ class _ErrorBudget:
             )
 
 
+class _Clock:
+    """Adds up the seconds spent inside `with clock:` blocks (time with the backend)."""
+
+    def __init__(self) -> None:
+        self.spent = 0.0
+        self._started = 0.0
+
+    def __enter__(self) -> None:
+        self._started = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.spent += time.perf_counter() - self._started
+
+
+def _raise_first_failure(done: Iterable[asyncio.Task[tuple[Decision, ...]]]) -> None:
+    for task in done:
+        if not task.cancelled() and task.exception() is not None:
+            task.result()
+
+
 _gates: weakref.WeakKeyDictionary[Backend, dict[asyncio.AbstractEventLoop, asyncio.Semaphore]]
 _gates = weakref.WeakKeyDictionary()
 
@@ -280,7 +300,11 @@ class Judge:
                 f"Score mode needs label probabilities, which {self.backend.name} cannot give. "
                 "Use --mode reason."
             )
-        self.bundle = PolicyBundle.of(self.policies) if len(self.policies) > 1 else None
+        self.bundle = (
+            PolicyBundle.of(self.policies)
+            if len(self.policies) > 1 and self.strategy is Strategy.COMBINED
+            else None
+        )
         if self.combined and self.mode is Mode.SCORE and not caps.label_slots:
             raise ConfigError(
                 f"Several policies in one prompt can be scored only where each policy's label "
@@ -301,7 +325,7 @@ class Judge:
     @property
     def combined(self) -> bool:
         """True when several policies share one prompt per item."""
-        return self.bundle is not None and self.strategy is Strategy.COMBINED
+        return self.bundle is not None
 
     @property
     def policy(self) -> Policy:
@@ -407,10 +431,14 @@ class Judge:
 
         Cancellation: when the consumer stops iterating (closes the generator, e.g. with
         `contextlib.aclosing`), or an error stops the run (a bad item: `InputError`; a
-        decision that cannot be recorded: `StoreError`; the error budget:
-        `ErrorBudgetExceeded`), every call still in flight is cancelled and awaited before
-        the generator returns or the error propagates. Decisions already recorded stay
-        recorded; items not yet yielded are not judged.
+        decision that cannot be recorded: `StoreError`, raised as soon as any item's call
+        fails, not when that item's turn comes; the error budget: `ErrorBudgetExceeded`),
+        every call still in flight is cancelled and awaited before the generator returns or
+        the error propagates. A call whose decisions are being recorded finishes recording
+        them first (all of one call's decisions go into the log in one transaction, so a
+        combined call is never half recorded); a backend that computes in a worker thread
+        may finish the computation there, its answer discarded. Decisions already recorded
+        stay recorded; items not yet yielded are not judged.
 
         Raises:
             InputError: An item cannot be classified.
@@ -443,7 +471,8 @@ class Judge:
                     return
                 if not all(task.done() for task in pending[0].tasks):
                     unfinished = [t for p in pending for t in p.tasks if not t.done()]
-                    await asyncio.wait(unfinished, return_when=asyncio.FIRST_COMPLETED)
+                    done, _ = await asyncio.wait(unfinished, return_when=asyncio.FIRST_COMPLETED)
+                    _raise_first_failure(done)  # a later item's failure stops the run now
                     continue
                 judgement = pending.popleft().judgement()
                 budget.count(judgement)
@@ -483,33 +512,38 @@ class Judge:
         return tuple(found)
 
     async def _call(self, call: _Call, item: Item) -> tuple[Decision, ...]:
-        """One backend call (with its constrained retry) -> one decision per policy, recorded."""
-        start = time.perf_counter()
+        """One backend call (with its constrained retry) -> one decision per policy, recorded.
+
+        The latency recorded is the time spent with the backend (both attempts), not the
+        time spent waiting for the backend's gate.
+        """
+        clock = _Clock()
         policy = None if call.bundle is not None else call.policies[0]
         prompt = self.prompt(item, policy)
         options = self.options(policy)
         constrained = False
         try:
-            completion = await self._complete(prompt, options)
+            completion = await self._complete(prompt, options, clock)
             verdicts = self._verdicts(call, completion)
             usage = completion.usage
             if self.fallback and self.mode is Mode.REASON and not all(v.ok for v in verdicts):
                 constrained = True
-                retry = await self._complete(prompt, self.options(policy, constrained=True))
+                retry = await self._complete(prompt, self.options(policy, constrained=True), clock)
                 usage = usage + retry.usage
                 completion, verdicts = retry, self._verdicts(call, retry)
         except (BackendError, InputError) as exc:
             error = failed(ParseStatus.ERROR, detail=str(exc))
-            elapsed = time.perf_counter() - start
-            return await self._made(
-                call, item, [error] * len(call.policies), elapsed, constrained, error=str(exc)
+            decisions = self._decisions(
+                call, item, [error] * len(call.policies), clock.spent, constrained, error=str(exc)
             )
-        elapsed = time.perf_counter() - start
-        return await self._made(
-            call, item, verdicts, elapsed, constrained, completion=completion, usage=usage
-        )
+        else:
+            decisions = self._decisions(
+                call, item, verdicts, clock.spent, constrained, completion=completion, usage=usage
+            )
+        await self._record(call, item, decisions)
+        return decisions
 
-    async def _made(
+    def _decisions(
         self,
         call: _Call,
         item: Item,
@@ -521,11 +555,10 @@ class Judge:
         usage: Usage | None = None,
         error: str | None = None,
     ) -> tuple[Decision, ...]:
-        """The decisions of one call (a combined call's share its latency and usage), each
-        recorded under its own policy before it is returned."""
+        """The decisions of one call: a combined call's share its latency and usage."""
         policy_of_call = None if call.bundle is not None else call.policies[0]
         options = self.decision_options(policy_of_call, constrained=constrained)
-        decisions = tuple(
+        return tuple(
             Decision(
                 id=new_ulid(),
                 created_at=datetime.now(UTC),
@@ -548,24 +581,38 @@ class Judge:
             )
             for policy, verdict in zip(call.policies, verdicts, strict=True)
         )
-        if self.recorder is not None:
-            for decision, policy in zip(decisions, call.policies, strict=True):
-                await self.recorder.arecord(decision, policy, item)
-        return decisions
 
-    async def _complete(self, prompt: Prompt, options: CompletionOptions) -> Completion:
+    async def _record(self, call: _Call, item: Item, decisions: tuple[Decision, ...]) -> None:
+        """Record a call's decisions in one transaction; a cancellation that arrives while
+        they are being written waits for the write, so none is left half done."""
+        if self.recorder is None:
+            return
+        writing = asyncio.ensure_future(
+            self.recorder.arecord_all(list(zip(decisions, call.policies, strict=True)), item)
+        )
+        try:
+            await asyncio.shield(writing)
+        except asyncio.CancelledError:
+            await asyncio.wait([writing])
+            raise
+
+    async def _complete(
+        self, prompt: Prompt, options: CompletionOptions, clock: _Clock
+    ) -> Completion:
         async with backend_gate(self.backend):
-            if self.timeout_s is None:
-                return await self.backend.complete(prompt, options)
-            try:
-                # The backend enforces timeout_s itself where it can; this is the outer guard.
-                return await asyncio.wait_for(
-                    self.backend.complete(prompt, options), timeout=self.timeout_s * 1.5 + 1
-                )
-            except TimeoutError:
-                raise BackendTimeout(
-                    f"{self.backend.name} did not answer within {self.timeout_s} s."
-                ) from None
+            with clock:
+                if self.timeout_s is None:
+                    return await self.backend.complete(prompt, options)
+                try:
+                    # The backend enforces timeout_s itself where it can; this is the outer
+                    # guard.
+                    return await asyncio.wait_for(
+                        self.backend.complete(prompt, options), timeout=self.timeout_s * 1.5 + 1
+                    )
+                except TimeoutError:
+                    raise BackendTimeout(
+                        f"{self.backend.name} did not answer within {self.timeout_s} s."
+                    ) from None
 
     def _verdicts(self, call: _Call, completion: Completion) -> tuple[Verdict, ...]:
         truncated = completion.finish_reason == "length"

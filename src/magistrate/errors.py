@@ -148,11 +148,13 @@ class ErrorBudgetExceeded(MagistrateError):
 class StoreError(MagistrateError):
     """The decision log cannot be opened, read or written."""
 
-    code = "store_unavailable"
+    code = "store_error"
 
 
 class StoreUnavailable(StoreError):
     """The database cannot be reached or answered with an operational error."""
+
+    code = "store_unavailable"
 
 
 class BackendError(MagistrateError):

@@ -21,7 +21,7 @@ completion, which the engine records as an abstention.
 
 Example:
     >>> backend = OpenAIBackend("gpt-oss-safeguard-20b", endpoint="vllm")
-    >>> Classifier("spam", backend).classify_many(items)
+    >>> asyncio.run(judge_all(Judge("spam", backend), items))
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ are gathered for a few milliseconds and sent to `LLM.generate` as one batch, so 
 continuous batching sees them all.
 
 Example:
-    >>> clf = Classifier("spam", "vllm//models/gpt-oss-safeguard-20b", effort="low")
+    >>> judge = Judge("spam", "vllm//models/gpt-oss-safeguard-20b", effort="low")
 """
 
 from __future__ import annotations

@@ -175,7 +175,7 @@ def _show(judgement: Judgement, as_json: bool) -> None:
         word = {True: "[bold red]FLAGGED[/]", False: "[bold green]OK[/]", None: "NO ANSWER"}
         by = ", ".join(judgement.flagged_by)
         out_console.print(f"  -> {word[judgement.flagged]}" + (f" by {escape(by)}" if by else ""))
-    if decisions[0].reasoning and (len(decisions) == 1 or not as_json):
+    if decisions[0].reasoning and not as_json:
         err_console.print(f"[dim]{escape(decisions[0].reasoning)}[/dim]")
 
 

@@ -23,7 +23,6 @@ from magistrate.cli.options import (
     EndpointOption,
     ModelOption,
     ModeOption,
-    OnAbstainOption,
     TimeoutOption,
 )
 from magistrate.decision import Decision, OnAbstain
@@ -48,7 +47,14 @@ from magistrate.evaluate.report_table import (
     published_rows,
     table_rows,
 )
-from magistrate.evaluate.runner import EvalResult, EvalRun, MultiEvalResult, evaluate
+from magistrate.evaluate.runner import (
+    EvalResult,
+    EvalRun,
+    MultiEvalResult,
+    evaluate,
+    examples_to_judge,
+    labels_for,
+)
 from magistrate.prompt import Effort, Mode
 from magistrate.store import Store
 
@@ -144,6 +150,13 @@ ThresholdSplitOption = Annotated[
     ),
 ]
 CacheOption = Annotated[bool, typer.Option(help="Reuse verdicts already in the decision log.")]
+EvalOnAbstainOption = Annotated[
+    OnAbstain,
+    typer.Option(
+        help="What an item without a verdict counts as when routed (error, fail-closed, "
+        "fail-open); recorded with each decision, so it is part of the cache key.",
+    ),
+]
 OutputOption = Annotated[Path, typer.Option("--output", "-o", help="Folder for the result JSON.")]
 
 
@@ -174,7 +187,7 @@ def run(
     calibrate: CalibrateOption = True,
     cache: CacheOption = True,
     timeout: TimeoutOption = None,
-    on_abstain: OnAbstainOption = OnAbstain.ERROR,
+    on_abstain: EvalOnAbstainOption = OnAbstain.ERROR,
     output: OutputOption = Path("eval-runs"),
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
     database: DatabaseOption = None,
@@ -286,12 +299,14 @@ def _evaluate(
     seed: int,
 ) -> EvalRun:
     """`evaluate` under a progress bar on stderr (running P/R/F1 for a single policy)."""
-    policies = sum(len(j.policies) for j in judges)
+    ids = [p.id for j in judges for p in j.policies]
+    policies = len(ids)
+    items = len(examples_to_judge(data, [None] if policies == 1 else labels_for(ids, data)))
     if policies == 1:
         what = f"eval {data.name}"
     else:
         how = "combined" if judges[0].combined else "separate"
-        what = f"{policies} policies x {len(data)} items ({how})"
+        what = f"{policies} policies x {items} items ({how})"
     gold = {e.id: e.gold for e in data.examples}
     tally = {"tp": 0, "fp": 0, "fn": 0, "tn": 0, "abstained": 0}
     columns = (
@@ -302,7 +317,7 @@ def _evaluate(
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=err_console, transient=True) as progress:
-        task = progress.add_task(what, total=len(data) * len(judges), stats="")
+        task = progress.add_task(what, total=items * len(judges), stats="")
 
         def advance(judgement: Judgement) -> None:
             stats = ""

@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Final, Literal, TypeAlias
@@ -77,6 +78,19 @@ class ReportModel(BaseModel):
     def document(self) -> dict[str, JSONValue]:
         """The model as the JSON object written to files and rows (by field alias)."""
         return self.model_dump(mode="json", by_alias=True)
+
+    def __getitem__(self, key: str) -> object:
+        """Deprecated dict-style reading (`metrics["f1"]`), kept for code written against
+        the `magistrate.eval/1` dicts; read attributes (`metrics.f1`) instead."""
+        warnings.warn(
+            f"Reading eval results by key ([{key!r}]) is deprecated; use attributes.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        try:
+            return getattr(self, key)
+        except AttributeError:
+            raise KeyError(key) from None
 
 
 # -- metrics ------------------------------------------------------------------------------

@@ -205,27 +205,32 @@ async def evaluate(
     ids = [p.id for j in judges for p in j.policies]
     single = len(ids) == 1
     labels: list[str | None] = [None] if single else labels_for(ids, dataset)
-    examples = [
-        e
-        for e in dataset.examples
-        if e.gold is not None or any(_gold_for(e, n) is not None for n in labels)
-    ]
-    passes = [
-        await _judge_examples(examples, j, store, use_cache, max_errors, on_result) for j in judges
-    ]
-    runs = []
+    examples = examples_to_judge(dataset, labels)
+    passes, runs = [], []
     names = iter(labels)
-    for done in passes:
-        for position in range(len(done.judge.policies)):
+    for judge in judges:
+        done = await _judge_examples(examples, judge, store, use_cache, max_errors, on_result)
+        passes.append(done)
+        for position in range(len(judge.policies)):
             run = _policy_run(dataset, done, position, next(names), single, threshold_split, seed)
-            if store is not None and len(done.judge.policies) == 1:
-                _record_run(store, dataset, run)
+            if store is not None and not judge.combined:
+                _record_run(store, dataset, run)  # as soon as its pass is done
             runs.append(run)
     if single:
         return EvalRun(runs)
     multi = _multi_result(dataset, passes, runs, labels, seed, threshold_split)
     _record_multi(store, dataset, multi)
     return EvalRun(runs, multi)
+
+
+def examples_to_judge(dataset: Dataset, labels: Sequence[str | None]) -> list[Example]:
+    """The examples some metric can use: with an overall gold label, or a label of one of
+    the policies judged (`labels`, as `labels_for` gives them)."""
+    return [
+        e
+        for e in dataset.examples
+        if e.gold is not None or any(_gold_for(e, n) is not None for n in labels)
+    ]
 
 
 async def _judge_examples(
@@ -373,8 +378,13 @@ def _call_cost(judgement: Judgement, judge: Judge) -> _CallCost:
 
 
 async def run_eval(dataset: Dataset, classifier: Judge, **kwargs: Any) -> EvalResult:
-    """Deprecated: `evaluate(dataset, judge)`, whose `runs[0]` this returns."""
+    """Deprecated: `evaluate(dataset, judge)`, whose `runs[0]` this returns.
+
+    `on_result` is now called with each `Judgement`; `judge_unlabelled` is accepted and has
+    no effect (a single policy is scored on the items with a gold label).
+    """
     _deprecated("run_eval(dataset, classifier)", "evaluate(dataset, judge).runs[0]")
+    kwargs.pop("judge_unlabelled", None)
     return (await evaluate(dataset, classifier, **kwargs)).runs[0]
 
 
@@ -775,6 +785,7 @@ __all__ = [
     "any_policy_items",
     "compute_metrics",
     "evaluate",
+    "examples_to_judge",
     "label_for",
     "labels_for",
     "run_combined_eval",

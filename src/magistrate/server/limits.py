@@ -51,7 +51,8 @@ class Admission:
         if units > self.capacity:
             raise TooLarge(
                 f"This request needs {units} judgements at once but the server queues at most "
-                f"{self.capacity}; send fewer items or policies per request."
+                f"{self.capacity}; send fewer items or policies per request.",
+                code="too_many_judgements",
             )
         if self.in_use + units > self.capacity:
             backlog = self.in_use + units - self.capacity

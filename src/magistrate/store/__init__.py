@@ -6,15 +6,16 @@ calls after every decision, so `classify`, eval, batch jobs and the server all r
 one path.
 
 Example:
-    >>> from magistrate import Classifier
+    >>> from magistrate import Judge
     >>> from magistrate.store import Recorder, Store
-    >>> clf = Classifier("spam", mode="score", recorder=Recorder(Store()))
+    >>> judge = Judge("spam", mode="score", recorder=Recorder(Store()))
     >>> Store().decisions(policy_id="spam", limit=10)
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 from magistrate.decision import Decision
 from magistrate.errors import StoreError
@@ -71,9 +72,42 @@ class Recorder:
                 f"{label}) was made but NOT recorded. {exc}"
             ) from exc
 
+    def record_all(self, decisions: Sequence[tuple[Decision, Policy]], item: Item) -> list[int]:
+        """Record the decisions one call made on `item` (each under its policy) in one
+        transaction: all of them, or none. Returns their chain positions.
+
+        Raises:
+            StoreError: They were made but not recorded (the message names them);
+                `StoreUnavailable` when the database could not be reached.
+        """
+        content = item.text if self.keep_content else None
+        try:
+            return self.store.record_many(
+                [(decision, policy, content) for decision, policy in decisions], run_id=self.run_id
+            )
+        except StoreError as exc:
+            which = item.id or item.hash[:12]
+            if len(decisions) == 1:
+                d = decisions[0][0]
+                what = f"Decision {d.id} (item {which}: {_outcome(d)}) was"
+            else:
+                made = ", ".join(f"{d.id} ({_outcome(d)})" for d, _ in decisions)
+                what = f"Decisions {made} on item {which} were"
+            raise type(exc)(f"{what} made but NOT recorded. {exc}") from exc
+
     async def arecord(self, decision: Decision, policy: Policy, item: Item) -> int:
         """`record` off the event loop."""
         return await asyncio.to_thread(self.record, decision, policy, item)
+
+    async def arecord_all(
+        self, decisions: Sequence[tuple[Decision, Policy]], item: Item
+    ) -> list[int]:
+        """`record_all` off the event loop (what the engine calls)."""
+        return await asyncio.to_thread(self.record_all, decisions, item)
+
+
+def _outcome(decision: Decision) -> str:
+    return str(decision.verdict.label) if decision.ok else decision.verdict.status.value
 
 
 __all__ = [

@@ -24,7 +24,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from magistrate.errors import ConfigError, NotFound
+from magistrate.errors import Conflict, NotFound
 from magistrate.ids import new_ulid
 from magistrate.store.database import Database
 from magistrate.store.records import canonical_json, timestamp
@@ -84,7 +84,7 @@ class ApiKeys:
         """A new API key: its record and the secret, which is shown once and never stored.
 
         Raises:
-            ConfigError: A key with this name exists.
+            Conflict: A key with this name exists.
         """
         secret = API_KEY_PREFIX + secrets.token_urlsafe(32)
         key = ApiKey(
@@ -99,7 +99,7 @@ class ApiKeys:
         with self.db.write("add a key to") as conn:
             taken = conn.execute(sa.select(keys.c.id).where(keys.c.name == name)).first()
             if taken is not None:
-                raise ConfigError(f"An API key named {name!r} exists; choose another name.")
+                raise Conflict(f"An API key named {name!r} exists; choose another name.")
             conn.execute(
                 sa.insert(keys).values(
                     id=key.id,

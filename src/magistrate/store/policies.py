@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
@@ -24,6 +25,9 @@ from magistrate.policy import Policy
 from magistrate.store.database import Database
 from magistrate.store.records import PolicyVersion, timestamp
 
+KNOWN_KEPT = 4096
+"""Policy hashes a process remembers as stored (older ones are looked up again)."""
+
 
 class PolicyRegistry:
     """The policy texts a log holds, their versions, and the active text of each id.
@@ -34,7 +38,9 @@ class PolicyRegistry:
 
     def __init__(self, db: Database) -> None:
         self.db = db
-        self._known: set[str] = set()  # hashes this process stored or saw stored
+        # Hashes this process stored or saw stored (a memo that saves a lookup), bounded:
+        # a server taking inline policies sees a new text per request.
+        self._known: OrderedDict[str, None] = OrderedDict()
 
     # -- writing --------------------------------------------------------------------------
 
@@ -48,7 +54,7 @@ class PolicyRegistry:
             return
         with self.db.write() as conn:
             self.insert(conn, policy, timestamp(first_seen or datetime.now(UTC)))
-        self._known.add(policy.hash)
+        self.remember([policy.hash])
 
     def activate(self, policy: Policy, *, at: datetime | None = None) -> None:
         """Store a policy text (if new) and make it the active version of its id."""
@@ -62,7 +68,7 @@ class PolicyRegistry:
                     policy_id=policy.id, policy_hash=policy.hash, activated_at=now
                 )
             )
-        self._known.add(policy.hash)
+        self.remember([policy.hash])
 
     def insert(self, conn: Connection, policy: Policy, first_seen: str) -> None:
         """Store a policy text inside the caller's write transaction, unless the log has it.
@@ -90,8 +96,13 @@ class PolicyRegistry:
         return policy_hash in self._known
 
     def remember(self, hashes: Iterable[str]) -> None:
-        """Note texts a committed transaction stored, so they are not looked up again."""
-        self._known.update(hashes)
+        """Note texts a committed transaction stored, so they are not looked up again (the
+        most recent `KNOWN_KEPT`)."""
+        for digest in hashes:
+            self._known[digest] = None
+            self._known.move_to_end(digest)
+        while len(self._known) > KNOWN_KEPT:
+            self._known.popitem(last=False)
 
     # -- reading --------------------------------------------------------------------------
 

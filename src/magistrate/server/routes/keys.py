@@ -6,12 +6,20 @@ from fastapi import APIRouter, Path, Response
 
 from magistrate.server.deps import AdminKey, ServiceDep
 from magistrate.server.responses import ERRORS, NOT_FOUND
-from magistrate.server.schemas import KeyCreate, KeyCreated, KeyList, KeyOut
+from magistrate.server.schemas import ErrorResponse, KeyCreate, KeyCreated, KeyList, KeyOut
 
 router = APIRouter(tags=["keys"])
 
 
-@router.post("/v1/keys", response_model=KeyCreated, status_code=201, responses={**ERRORS, 201: {}})
+@router.post(
+    "/v1/keys",
+    response_model=KeyCreated,
+    status_code=201,
+    responses={
+        **ERRORS,
+        409: {"model": ErrorResponse, "description": "A key with this name exists."},
+    },
+)
 async def create_key(
     body: KeyCreate, key: AdminKey, svc: ServiceDep, response: Response
 ) -> KeyCreated:
