@@ -73,3 +73,22 @@ def test_every_error_maps_to_one_http_status():
         assert (answer.status, answer.code) == (status, code), type(exc).__name__
     assert issubclass(errors.StoreUnavailable, errors.StoreError)
     assert errors.EvalAborted is errors.ErrorBudgetExceeded
+
+
+def test_every_public_exception_lives_in_errors_py():
+    """One exception tree: no module but errors.py defines a public exception class."""
+    import ast
+    from pathlib import Path
+
+    src = Path(magistrate.__file__).parent
+    found = []
+    for path in src.rglob("*.py"):
+        if path.name == "errors.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+            if isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
+                bases = {getattr(b, "id", getattr(b, "attr", "")) for b in node.bases}
+                tree = {n for n in dir(errors) if isinstance(getattr(errors, n), type)}
+                if any(b.endswith(("Error", "Exception")) or b in tree for b in bases):
+                    found.append(f"{path.relative_to(src)}:{node.lineno} {node.name}")
+    assert found == []
