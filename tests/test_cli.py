@@ -190,6 +190,14 @@ def test_log_commands_on_bad_logs(tmp_path):
     assert cli("policy", "history", "spam", "--database", empty).returncode == 1
 
 
+@pytest.mark.parametrize("since", ["99999999999d", "0001-01-01T00:00:00+14:00", "soon"])
+def test_logs_list_with_a_since_out_of_range_is_a_clean_error(tmp_path, since):
+    got = cli("logs", "list", "--since", since, "--database", str(tmp_path / "log.db"))
+    assert got.returncode == 1, (got.stdout, got.stderr)
+    assert "Traceback" not in got.stderr and "30m, 2h, 7d, 1w" in got.stderr
+    assert not (tmp_path / "log.db").exists()  # refused before the log was opened
+
+
 def test_export_history_and_diff(spam, tmp_path):
     import pyarrow.parquet as pq
     from storehelp import make_decision

@@ -154,3 +154,29 @@ def test_moderation_categories_may_share_a_policy(tmp_path: Path) -> None:
         result = got.json()["results"][0]
         assert result["categories"] == {"hate": True, "hateful": True}
         assert result["category_scores"]["hateful"] == pytest.approx(0.9)
+
+
+def test_decision_query_parameters_out_of_range_answer_422(store_url: str) -> None:
+    """Hostile `before`/`since` values are the caller's mistake (422), never a 500."""
+    store = Store(store_url)
+    app = create_app(
+        ServerSettings(), backend=MockBackend(script=[SPAM_1], cycle=True), store=store
+    )
+    with serving(app) as srv:
+        body = {"items": [{"text": "WIN"}], "policies": ["spam"]}
+        assert httpx.post(f"{srv.url}/v1/classify", json=body).status_code == 200
+        edge = httpx.get(f"{srv.url}/v1/decisions", params={"before": 2**63 - 1})
+        assert edge.status_code == 200 and len(edge.json()["decisions"]) == 1
+        cases = [
+            ({"before": str(2**63)}, "before"),
+            ({"since": "99999999999d"}, "30m, 2h, 7d, 1w"),
+            ({"since": "1000000w"}, "30m, 2h, 7d, 1w"),
+            ({"since": "0001-01-01T00:00:00+14:00"}, "30m, 2h, 7d, 1w"),
+            ({"since": "9999-12-31T23:59:00-14:00"}, "30m, 2h, 7d, 1w"),
+        ]
+        for params, needle in cases:
+            got = httpx.get(f"{srv.url}/v1/decisions", params=params)
+            assert got.status_code == 422, (params, got.text)
+            error = got.json()["error"]
+            assert set(error) == {"message", "type", "code"}, got.text
+            assert error["type"] == "invalid_request_error" and needle in error["message"]

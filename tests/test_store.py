@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 from storehelp import make_decision
 
-from magistrate.errors import ConfigError, NotFound, StoreError, StoreUnavailable
+from magistrate.errors import ConfigError, InputError, NotFound, StoreError, StoreUnavailable
 from magistrate.policy import parse_policy
 from magistrate.store import GENESIS, DecisionFilter, Store, parse_since, resolve_url
 from magistrate.store import migrations as migrations_module
@@ -75,6 +75,31 @@ def test_filters_and_order(store, spam):
     abstain = store.decisions(abstained=True)[0].decision
     assert abstain.verdict.violation is None and abstain.verdict.detail
     assert [r.content for r in store.iter_decisions()] == ["a", "b", "c", "d"]
+
+
+@pytest.mark.parametrize(
+    "since",
+    [
+        "99999999999d",  # more days than a timedelta holds
+        "1000000w",  # a timedelta, but before year 1
+        "0001-01-01T00:00:00+14:00",  # before year 1 in UTC
+        "9999-12-31T23:59:00-14:00",  # after year 9999 in UTC
+        "9" * 5000 + "s",  # more digits than int() converts
+    ],
+)
+def test_a_since_out_of_range_is_an_input_error(since):
+    with pytest.raises(InputError, match="30m, 2h, 7d, 1w") as caught:
+        parse_since(since)
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+
+
+def test_before_seq_is_bounded_by_the_integer_column(store, spam):
+    decision, item = make_decision(spam, "a")
+    store.record(decision, policy=spam, content=item.text)
+    assert [r.content for r in store.decisions(before_seq=2**63 - 1)] == ["a"]
+    for seq in (2**63, -1):
+        with pytest.raises(InputError, match="9223372036854775807"):
+            DecisionFilter(before_seq=seq)
 
 
 def test_policy_versions_history_and_lookup(store, spam):
@@ -317,6 +342,6 @@ def test_urls_and_paths_resolve(tmp_path, monkeypatch):
     assert resolve_url().endswith("logs.db")
     with pytest.raises(ConfigError, match="SQLite or PostgreSQL"):
         Store("mysql://u@h/db")
-    with pytest.raises(ConfigError, match="not a time"):
+    with pytest.raises(InputError, match="not a time"):
         parse_since("yesterday-ish")
     assert parse_since("2026-11-28").tzinfo is not None

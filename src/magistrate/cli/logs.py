@@ -58,8 +58,9 @@ def list_(
     database: DatabaseOption = None,
 ) -> None:
     """Recorded decisions, newest first."""
+    where = _filter(policy, label, since, violations, abstained)  # a bad --since opens no log
     with Store(database) as store:
-        rows = store.decisions(_filter(policy, label, since, violations, abstained), limit=limit)
+        rows = store.decisions(where, limit=limit)
     if as_json:
         for row in rows:
             out_console.out(json.dumps(row.to_dict(), ensure_ascii=False), highlight=False)

@@ -24,7 +24,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from magistrate.decision import Decision
-from magistrate.errors import ConfigError, NotFound
+from magistrate.errors import InputError, NotFound
 from magistrate.policy import Policy
 from magistrate.store.database import Database
 from magistrate.store.policies import PolicyRegistry
@@ -42,6 +42,9 @@ Entry = tuple[Decision, Policy, str | None]
 """What one recorded decision needs: the decision, its policy, and the content (or None)."""
 
 _ULID = re.compile(r"[0-9A-HJKMNP-TV-Z]+")
+
+SEQ_MAX = 2**63 - 1
+"""The largest chain position the `seq` column holds (BIGINT on PostgreSQL, SQLite's INTEGER)."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,21 @@ class DecisionFilter:
     """Only decisions that reached a verdict."""
     before_seq: int | None = None
     """Only decisions older than this chain position (paging through newest-first lists)."""
+
+    def __post_init__(self) -> None:
+        # A number the column cannot hold would reach the driver and fail there (500/503).
+        if self.before_seq is not None and not 0 <= self.before_seq <= SEQ_MAX:
+            raise InputError(
+                f"before={self.before_seq} is not a chain position: give a whole number "
+                f"from 0 to {SEQ_MAX}."
+            )
+        if self.since is not None and self.since.tzinfo is not None:
+            try:
+                self.since.astimezone(UTC)
+            except OverflowError:
+                raise InputError(
+                    f"since={self.since.isoformat()} lies outside years 1 to 9999 in UTC."
+                ) from None
 
 
 class DecisionLog:
@@ -310,21 +328,27 @@ _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks
 def parse_since(value: str, *, now: datetime | None = None) -> datetime:
     """A point in time from `30m`, `2h`, `7d`, `1w`, or an ISO date or date-time (UTC if no zone).
 
+    The answer is in UTC and within years 1 to 9999 there, so the log can compare it.
+
     Example:
         >>> DecisionFilter(since=parse_since("7d"))
 
     Raises:
-        ConfigError: The value is neither.
+        InputError: The value is neither, or it lies outside years 1 to 9999 (UTC).
     """
     match = _RELATIVE.match(value)
-    if match:
-        delta = timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
-        return (now or datetime.now(UTC)) - delta
     try:
+        if match:
+            delta = timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+            return (now or datetime.now(UTC)) - delta
         when = datetime.fromisoformat(value.strip())
-    except ValueError:
-        raise ConfigError(
-            f"--since {value!r} is not a time. Use 30m, 2h, 7d, 1w, or a date such as "
-            "2026-11-28 or 2026-11-28T09:30."
+        return (when if when.tzinfo else when.replace(tzinfo=UTC)).astimezone(UTC)
+    except (ValueError, OverflowError):
+        # OverflowError: a span or a zone offset that leaves years 1..9999; ValueError also
+        # covers a number with more digits than int() converts.
+        raise InputError(
+            f"since={value[:40]!r} is not a time the log can search from. Use 30m, 2h, 7d, 1w "
+            "(a whole number of s, m, h, d or w reaching back no further than year 1) or an "
+            "ISO date or date-time between years 1 and 9999 UTC, such as 2026-11-28 or "
+            "2026-11-28T09:30+00:00."
         ) from None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
