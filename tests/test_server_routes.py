@@ -180,3 +180,55 @@ def test_decision_query_parameters_out_of_range_answer_422(store_url: str) -> No
             error = got.json()["error"]
             assert set(error) == {"message", "type", "code"}, got.text
             assert error["type"] == "invalid_request_error" and needle in error["message"]
+
+
+LONE = r"\ud800"  # a JSON escape that parses to an unpaired surrogate, which no UTF-8 can hold
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "field"),
+    [
+        ("POST", "/v1/moderations", f'{{"input": "hi", "model": "m{LONE}"}}', "model"),
+        ("POST", "/v1/classify", f'{{"items": [{{"text": "hi"}}], "policy_text": "# P{LONE}"}}',
+         "policy_text"),
+        ("POST", "/v1/classify",
+         f'{{"items": [{{"text": "hi", "metadata": {{"k": "v{LONE}"}}}}], "policies": ["spam"]}}',
+         "items.0.metadata"),
+        ("POST", "/v1/classify",
+         f'{{"items": [{{"text": "hi", "metadata": {{"k{LONE}": 1}}}}], "policies": ["spam"]}}',
+         "items.0.metadata"),
+        ("POST", "/v1/classify",
+         f'{{"items": [{{"text": "hi", "metadata": {{"a": [1, {{"b": ["{LONE}"]}}]}}}}],'
+         ' "policies": ["spam"]}', "items.0.metadata"),
+        ("POST", "/v1/classify", f'{{"items": [{{"text": "hi", "id": "m{LONE}"}}],'
+         ' "policies": ["spam"]}', "items.0.id"),
+        ("POST", "/v1/classify", f'{{"items": [{{"text": "hi"}}], "policies": ["sp{LONE}"]}}',
+         "policies.0"),
+        ("POST", "/v1/classify", f'{{"items": [{{"text": "hi"}}], "policies": ["spam"],'
+         f' "idempotency_key": "k{LONE}"}}', "idempotency_key"),
+        ("PUT", "/v1/policies/house", f'{{"text": "# P{LONE}"}}', "text"),
+        ("PUT", "/v1/policies/spam/active", f'{{"version": "@1{LONE}"}}', "version"),
+    ],
+)  # fmt: skip
+def test_lone_surrogates_answer_422_before_any_model_call(
+    tmp_path: Path, method: str, path: str, body: str, field: str
+) -> None:
+    """Text that UTF-8 cannot carry is refused at the door: no 500 from echoing it back, no
+    backend call whose decision then cannot be recorded."""
+    backend = MockBackend(script=[SPAM_1], cycle=True)
+    settings = ServerSettings(database=str(tmp_path / "log.db"), allow_inline_policies=True)
+    app = create_app(settings, backend=backend)
+    with serving(app) as srv:
+        got = httpx.request(
+            method,
+            f"{srv.url}{path}",
+            content=body.encode("ascii"),
+            headers={"content-type": "application/json"},
+        )
+        assert got.status_code == 422, got.text
+        error = got.json()["error"]
+        assert error["type"] == "invalid_request_error", got.text
+        assert error["message"].startswith(f"{field}:") and "UTF-8" in error["message"], got.text
+    assert backend.prompts == []
+    with Store(tmp_path / "log.db") as store:
+        assert store.count() == 0

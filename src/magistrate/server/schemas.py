@@ -2,14 +2,22 @@
 
 Limits that depend on settings (item counts, sizes) are checked at run time, not written
 into the schema, so the committed OpenAPI document is the same for every configuration.
+
+Every free-text field of a request other than the content to judge is a `Text` (and item
+metadata a `Metadata`): a string UTF-8 cannot carry (an unpaired surrogate, which a JSON
+escape such as `\\ud800` produces) is refused with 422 while the body is read, before any
+backend call, instead of failing later when it is echoed back or recorded. The content
+itself is checked by `magistrate.item`, whose message names the item.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, Literal
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic_core import PydanticCustomError
 
 from magistrate.backends import DEFAULT_MODEL
 from magistrate.decision import Decision, OnAbstain
@@ -84,6 +92,49 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+# -- text that UTF-8 can carry -------------------------------------------------------------------
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+NOT_UTF8 = (
+    "holds an unpaired surrogate (such as a \\ud800 escape), which UTF-8 cannot encode; "
+    "send valid Unicode text"
+)
+
+
+def utf8_text(value: object) -> object:
+    """Refuse a string UTF-8 cannot encode; anything else is left to the field's own type.
+
+    Example:
+        >>> utf8_text("café")
+        'café'
+    """
+    if isinstance(value, str) and _SURROGATE.search(value):
+        raise PydanticCustomError("not_utf8", NOT_UTF8)
+    return value
+
+
+def utf8_tree(value: object) -> object:
+    """`utf8_text` for every key and string value of a JSON value, at any depth."""
+    pending = [value]
+    while pending:  # a loop, not recursion: nesting depth is the sender's choice
+        node = pending.pop()
+        if isinstance(node, dict):
+            pending.extend(node.keys())
+            pending.extend(node.values())
+        elif isinstance(node, list):
+            pending.extend(node)
+        else:
+            utf8_text(node)
+    return value
+
+
+Text = Annotated[str, BeforeValidator(utf8_text)]
+"""A request string that must be encodable as UTF-8 (checked before length or pattern)."""
+
+Metadata = Annotated[dict[str, Any], BeforeValidator(utf8_tree)]
+"""Free-form JSON whose keys and strings, at any depth, must be encodable as UTF-8."""
+
+
 # -- errors ----------------------------------------------------------------------------------
 
 
@@ -114,10 +165,10 @@ class ItemIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    id: str | None = Field(default=None, max_length=200)
+    id: Text | None = Field(default=None, max_length=200)
     text: str | None = None
     turns: list[TurnIn] | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=dict)
 
 
 class ClassifyRequest(BaseModel):
@@ -126,15 +177,17 @@ class ClassifyRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     items: list[ItemIn] = Field(min_length=1)
-    policies: list[str] = Field(default_factory=list, description="Policy ids known to the server.")
-    policy_text: str | None = Field(
+    policies: list[Text] = Field(
+        default_factory=list, description="Policy ids known to the server."
+    )
+    policy_text: Text | None = Field(
         default=None,
         description="An inline Markdown policy (only if the server allows inline policies).",
     )
     mode: Mode | None = Field(default=None, description="Default: the server's mode.")
     effort: Effort | None = Field(default=None, description="Default: the server's effort.")
     include_reasoning: bool = False
-    idempotency_key: str | None = Field(
+    idempotency_key: Text | None = Field(
         default=None,
         max_length=200,
         description="Repeat a request with the same key to get the first answer back "
@@ -254,7 +307,7 @@ class ModerationRequest(BaseModel):
     """The OpenAI Moderation API request: `input` is a string or an array."""
 
     input: str | list[str] | list[ModerationTextPart]
-    model: str | None = None
+    model: Text | None = None
 
 
 class ModerationResult(BaseModel):
@@ -286,7 +339,7 @@ class PolicyPut(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    text: str = Field(min_length=1)
+    text: Text = Field(min_length=1)
     activate: bool = True
     allow_lint_errors: bool = False
 
@@ -344,7 +397,7 @@ class PolicyPutResponse(BaseModel):
 class ActivateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    version: str = Field(
+    version: Text = Field(
         min_length=1, description="`@N`, a hash prefix or a version label of a stored text."
     )
 
@@ -370,7 +423,7 @@ class KeyCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    name: Text = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
     scopes: list[Literal["classify", "admin"]] = Field(default=["classify"], min_length=1)
     rate_per_minute: int | None = Field(default=None, ge=1)
 
