@@ -156,6 +156,37 @@ class FaultServer:
         lp = _logprobs(text, text.index("1"), 0.8) if body.get("logprobs") else None
         return JSONResponse(_completion(model, _message(text), logprobs=lp))
 
+    async def s_hostile(self, model: str, n: int, body: dict[str, Any]) -> Response:
+        """Answers a hostile or broken server could give (`gpt-oss-hostile:<how>`): label
+        logprobs that are NaN, infinite, huge or text; content as a list of parts; usage
+        counts that are words. Sent as raw JSON (NaN and Infinity included)."""
+        import json
+        import math
+
+        how = model.split(":")[1]
+        text = '{"violation": 0, "rule_ids": []}'
+        lp = _logprobs(text, text.index("0"), 0.5)
+        label = lp["content"][text.index("0")]["top_logprobs"]
+        bad: dict[str, Any] = {
+            "nan": math.nan,
+            "inf": math.inf,
+            "neg-inf": -math.inf,
+            "big": 1000.0,
+            "text": "oops",
+        }
+        message = _message(text)
+        usage = None
+        if how in bad:
+            for alt in label:
+                alt["logprob"] = bad[how]
+        elif how == "parts":
+            message = _message(None)
+            message["content"] = [{"type": "text", "text": text}]
+        elif how == "usage":
+            usage = {"prompt_tokens": "many", "completion_tokens": 1, "total_tokens": 2}
+        raw = json.dumps(_completion(model, message, usage=usage, logprobs=lp), allow_nan=True)
+        return Response(raw, media_type="application/json")
+
     async def s_delay(self, model: str, n: int, body: dict[str, Any]) -> Response:
         """A server that takes 200 ms per request and runs any number of them at once."""
         await asyncio.sleep(0.2)

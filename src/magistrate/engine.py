@@ -44,6 +44,8 @@ from magistrate.errors import (
     ConfigError,
     ErrorBudgetExceeded,
     InputError,
+    MagistrateError,
+    MalformedAnswer,
 )
 from magistrate.ids import new_ulid
 from magistrate.item import DEFAULT_MAX_CHARS, Item
@@ -524,13 +526,13 @@ class Judge:
         constrained = False
         try:
             completion = await self._complete(prompt, options, clock)
-            verdicts = self._verdicts(call, completion)
+            verdicts = self._read(call, completion)
             usage = completion.usage
             if self.fallback and self.mode is Mode.REASON and not all(v.ok for v in verdicts):
                 constrained = True
                 retry = await self._complete(prompt, self.options(policy, constrained=True), clock)
                 usage = usage + retry.usage
-                completion, verdicts = retry, self._verdicts(call, retry)
+                completion, verdicts = retry, self._read(call, retry)
         except (BackendError, InputError) as exc:
             error = failed(ParseStatus.ERROR, detail=str(exc))
             decisions = self._decisions(
@@ -599,20 +601,44 @@ class Judge:
     async def _complete(
         self, prompt: Prompt, options: CompletionOptions, clock: _Clock
     ) -> Completion:
+        """One backend call. Whatever goes wrong inside the backend, including its own bugs
+        on a malformed answer (an overflow, a wrong type), is a `BackendError` for this item
+        only; a completion whose fields have the wrong types is `MalformedAnswer`."""
         async with backend_gate(self.backend):
             with clock:
-                if self.timeout_s is None:
-                    return await self.backend.complete(prompt, options)
                 try:
-                    # The backend enforces timeout_s itself where it can; this is the outer
-                    # guard.
-                    return await asyncio.wait_for(
-                        self.backend.complete(prompt, options), timeout=self.timeout_s * 1.5 + 1
-                    )
+                    if self.timeout_s is None:
+                        completion = await self.backend.complete(prompt, options)
+                    else:
+                        # The backend enforces timeout_s itself where it can; this is the
+                        # outer guard.
+                        completion = await asyncio.wait_for(
+                            self.backend.complete(prompt, options),
+                            timeout=self.timeout_s * 1.5 + 1,
+                        )
                 except TimeoutError:
                     raise BackendTimeout(
                         f"{self.backend.name} did not answer within {self.timeout_s} s."
                     ) from None
+                except MagistrateError:
+                    raise
+                except Exception as exc:
+                    raise MalformedAnswer(
+                        f"{self.backend.name} failed while answering "
+                        f"({type(exc).__name__}); the item was not judged."
+                    ) from exc
+        return _checked(completion, self.backend.name)
+
+    def _read(self, call: _Call, completion: Completion) -> tuple[Verdict, ...]:
+        """The verdicts of a completion; an answer that breaks the parser is unreadable."""
+        try:
+            return self._verdicts(call, completion)
+        except MagistrateError:
+            raise
+        except Exception as exc:
+            raise MalformedAnswer(
+                f"{self.backend.name}'s answer could not be read ({type(exc).__name__})."
+            ) from exc
 
     def _verdicts(self, call: _Call, completion: Completion) -> tuple[Verdict, ...]:
         truncated = completion.finish_reason == "length"
@@ -639,6 +665,32 @@ class Judge:
         """Nothing to release: backends belong to whoever made them (the registry for model
         strings), so closing a judge never closes a backend that others share."""
         return None
+
+
+def _checked(completion: object, backend: str) -> Completion:
+    """The completion, if its fields have the types the engine and the log rely on.
+
+    Raises:
+        MalformedAnswer: A field of the wrong type (the usage counts are recorded as
+            integers, the answer is parsed as text).
+    """
+    if not isinstance(completion, Completion):
+        raise MalformedAnswer(f"{backend} returned {type(completion).__name__}, not a Completion.")
+    usage = completion.usage
+    counts = [
+        usage.prompt_tokens,
+        usage.cached_tokens,
+        usage.completion_tokens,
+        usage.reasoning_tokens,
+    ]
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts):
+        raise MalformedAnswer(f"{backend} reported token counts that are not counts.")
+    texts = (completion.text, completion.model, completion.finish_reason)
+    if not all(isinstance(t, str) for t in texts) or not isinstance(
+        completion.reasoning, str | None
+    ):
+        raise MalformedAnswer(f"{backend} answered with text fields that are not text.")
+    return completion
 
 
 async def _aiter(items: Iterable[Content] | AsyncIterable[Content]) -> AsyncIterator[Content]:

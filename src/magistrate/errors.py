@@ -22,6 +22,7 @@
         ├── BackendTimeout     the backend did not answer in time
         ├── BackendRateLimited the server kept answering 429 (after honouring Retry-After)
         ├── BackendRejected    the server refused the request (HTTP 4xx other than 429)
+        ├── MalformedAnswer    an answer that cannot be read (wrong types, numbers out of range)
         └── MalformedHarmony   a gpt-oss completion whose channel structure is broken
 
 "Not found" and "unavailable" are different answers: a missing row is `NotFound` (404), a
@@ -177,6 +178,11 @@ class BackendRateLimited(BackendError):
 
 class BackendRejected(BackendError):
     """The server refused the request (HTTP 4xx other than 429); retrying will not help."""
+
+
+class MalformedAnswer(BackendError):
+    """The backend's answer cannot be read: a field of the wrong type, a number out of range,
+    or anything else that broke while reading it. The item gets an `error` decision."""
 
 
 class MalformedHarmony(BackendError):

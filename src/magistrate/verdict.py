@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -199,10 +200,31 @@ def _bundle_answer(body: str, obj: dict[str, Any] | None, policy_id: str) -> str
     return found.group("rest") if found else None
 
 
+def probability_problem(probs: Mapping[str, float]) -> str | None:
+    """Why label probabilities cannot be used, or None when they can: every value a finite
+    number in [0, 1] (a NaN or infinity from a remote server's logprobs, or NaN logits, must
+    never be read as "0% violating")."""
+    for name, value in probs.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return f"the probability of label {name!r} is not a number"
+        if not math.isfinite(value) or not 0.0 <= value <= 1.0 + 1e-9:
+            return f"the probability of label {name!r} is {value!r}, not a number in [0, 1]"
+    return None
+
+
 def with_scores(verdict: Verdict, probs: Mapping[str, float] | None, policy: Policy) -> Verdict:
-    """Attach label probabilities (and the violation score they give) to a verdict."""
+    """Attach label probabilities (and the violation score they give) to a verdict.
+
+    Probabilities that are not finite numbers in [0, 1] make the verdict an abstention: the
+    label was chosen by them (the policy's threshold), so it cannot be trusted either.
+    """
     if not probs:
         return verdict
+    problem = probability_problem(probs)
+    if problem is None and sum(probs.values()) <= 0.0:
+        problem = "the label probabilities sum to zero"
+    if problem is not None:
+        return failed(ParseStatus.MALFORMED, answer=verdict.answer, detail=problem)
     return replace(verdict, score=violation_score(probs, policy), label_probs=dict(probs))
 
 
@@ -212,6 +234,9 @@ def verdict_from_scores(probs: Mapping[str, float] | None, policy: Policy) -> Ve
     The violation flag is `score >= policy.threshold`; the label is the most likely label on
     that side of the threshold.
     """
+    problem = probability_problem(probs) if probs else None
+    if problem is not None:
+        return failed(ParseStatus.MALFORMED, detail=problem)
     if not probs or sum(probs.values()) <= 0.0:
         return failed(ParseStatus.NO_FINAL_ANSWER, detail="the backend returned no label scores")
     unknown = [name for name in probs if policy.label(name) is None]
