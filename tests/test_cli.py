@@ -277,3 +277,23 @@ def test_several_policies_in_one_prompt(tmp_path: Path):
         assert con.execute("select count(*) from decisions").fetchone()[0] == 8
     human = cli("classify", *policies, "--mode", "score", "--no-log", rows[1]["text"])
     assert human.returncode == 0 and "-> FLAGGED by chat-sexual" in human.stdout
+
+
+def test_a_bare_policy_name_is_bundled_even_beside_a_file_of_that_name(spam, tmp_path: Path):
+    shadow = spam.text.replace("threshold: 0.75", "threshold: 0.05")
+    (tmp_path / "spam").write_text(shadow, encoding="utf-8")
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "magistrate", *args]
+        return subprocess.run(
+            command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120
+        )
+
+    shown = run("policy", "show", "spam", "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["hash"] == spam.hash
+    assert json.loads(run("policy", "show", "./spam", "--json").stdout)["hash"] != spam.hash
+    unknown = run("policy", "show", "mine")
+    assert unknown.returncode == 1 and "./mine" in unknown.stderr
+    assert "Traceback" not in unknown.stderr

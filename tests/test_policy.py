@@ -94,3 +94,45 @@ def test_missing_and_undecodable_files(tmp_path: Path):
     empty.write_bytes(b"")
     with pytest.raises(PolicyError, match="empty"):
         load_policy(empty)
+
+
+def test_a_bare_name_is_always_the_bundled_policy(tmp_path: Path, monkeypatch, spam):
+    """A file in the working directory never replaces a bundled policy; paths say so."""
+    monkeypatch.chdir(tmp_path)
+    shadow = spam.text.replace("threshold: 0.75", "threshold: 0.05")
+    assert shadow != spam.text
+    (tmp_path / "spam").write_text(shadow, encoding="utf-8")
+    (tmp_path / "spam.md").write_text(shadow, encoding="utf-8")
+    bundled = load_policy("spam")
+    assert (bundled.hash, bundled.threshold, bundled.source) == (spam.hash, 0.75, "builtin:spam")
+    for path in ("./spam", "spam.md", str(tmp_path / "spam"), Path("spam")):
+        assert load_policy(path).threshold == 0.05, path  # a path (or any Path) is a file
+    (tmp_path / "mine").write_text(shadow, encoding="utf-8")
+    with pytest.raises(PolicyError, match=r"No bundled policy 'mine'.*\./mine"):
+        load_policy("mine")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert load_policy("~/spam.md").threshold == 0.05
+
+
+def test_parsing_is_linear_in_the_number_of_headings():
+    """12,000 headings once stalled the server for seconds (quadratic section scans). Count
+    Python calls, not seconds: doubling the headings must about double the work."""
+    import sys
+
+    def calls(n: int) -> int:
+        text = "---\nid: big\n---\n# Big\n" + "".join(f"## H{i}\n- H{i}.a rule\n" for i in range(n))
+        count = 0
+
+        def tally(frame: object, event: str, arg: object) -> None:
+            nonlocal count
+            count += 1
+
+        sys.setprofile(tally)
+        try:
+            parse_policy(text, source="big")
+        finally:
+            sys.setprofile(None)
+        return count
+
+    small, large = calls(1000), calls(2000)
+    assert large < 2.5 * small, (small, large)

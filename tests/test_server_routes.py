@@ -232,3 +232,19 @@ def test_lone_surrogates_answer_422_before_any_model_call(
     assert backend.prompts == []
     with Store(tmp_path / "log.db") as store:
         assert store.count() == 0
+
+
+def test_the_working_directory_cannot_replace_a_bundled_policy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spam = load_policy("spam")
+    shadow = spam.text.replace("threshold: 0.75", "threshold: 0.05")
+    (tmp_path / "spam").write_text(shadow, encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    settings = ServerSettings(database=str(tmp_path / "log.db"))
+    app = create_app(settings, backend=MockBackend(script=[SPAM_1], cycle=True))
+    with serving(app) as srv:
+        body = {"items": [{"text": "WIN"}], "policies": ["spam"]}
+        got = httpx.post(f"{srv.url}/v1/classify", json=body)
+        assert got.status_code == 200, got.text
+        assert got.json()["decisions"][0]["policy"]["hash"] == spam.hash

@@ -286,20 +286,45 @@ def builtin_policy_names() -> list[str]:
     return sorted(p.name[:-3] for p in folder.iterdir() if p.name.endswith(".md"))
 
 
+def looks_like_path(source: str) -> bool:
+    """Whether a policy reference names a file rather than a bundled policy.
+
+    A path holds a `/` or `\\`, starts with `.` or `~`, or ends with `.md`; anything else is
+    a bare name, which only ever means a bundled policy.
+
+    Example:
+        >>> looks_like_path("spam"), looks_like_path("./spam"), looks_like_path("mine.md")
+        (False, True, True)
+    """
+    return (
+        "/" in source
+        or "\\" in source
+        or source.startswith((".", "~"))
+        or source.lower().endswith(".md")
+    )
+
+
 def load_policy(source: str | Path) -> Policy:
     """Read and parse a policy from a file path or a bundled policy name.
+
+    A bare name (`spam`) is always the bundled policy, whatever files the working directory
+    holds, so a server's directory cannot replace one; a `Path`, or a string that looks like
+    a path (`./spam`, `policies/spam.md`, `~/p.md`, `mine.md`), is always a file.
+
+    Example:
+        >>> load_policy("spam").source, load_policy("./my-policy.md").id
+        ('builtin:spam', 'my-policy')
 
     Args:
         source: A path to a Markdown file, or the name of a bundled policy (`spam`).
 
     Raises:
-        PolicyError: The file is missing, empty, too large, not UTF-8, or its front matter
-            is broken. The message says how to fix it.
+        PolicyError: No bundled policy has that name, or the file is missing, empty, too
+            large, not UTF-8, or its front matter is broken. The message says how to fix it.
     """
-    path = Path(source)
-    if not path.exists() and isinstance(source, str) and source in builtin_policy_names():
-        bundled = resources.files("magistrate") / "policies" / f"{source}.md"
-        return parse_policy(bundled.read_text(encoding="utf-8"), source=f"builtin:{source}")
+    if isinstance(source, str) and not looks_like_path(source):
+        return _bundled_policy(source)
+    path = Path(source).expanduser() if isinstance(source, str) else source
     if not path.exists():
         names = ", ".join(builtin_policy_names())
         raise PolicyError(
@@ -322,6 +347,18 @@ def load_policy(source: str | Path) -> Policy:
             "UTF-8 text."
         ) from None
     return parse_policy(text, source=str(path), default_id=path.stem)
+
+
+def _bundled_policy(name: str) -> Policy:
+    """The bundled policy of that name (a bare name never reads the working directory)."""
+    names = builtin_policy_names()
+    if name not in names:
+        raise PolicyError(
+            f"No bundled policy {name!r} (bundled: {', '.join(names)}). For a policy file, "
+            f"give its path: ./{name} for a file in the current directory."
+        )
+    bundled = resources.files("magistrate") / "policies" / f"{name}.md"
+    return parse_policy(bundled.read_text(encoding="utf-8"), source=f"builtin:{name}")
 
 
 def parse_policy(text: str, *, source: str | None = None, default_id: str = "policy") -> Policy:
@@ -463,28 +500,48 @@ def classify_heading(title: str) -> SectionKind:
 
 
 def _find_sections(lines: list[str], offset: int) -> list[Section]:
+    """Sections by heading: each runs to the line before the next heading of its level or
+    higher. One pass with a stack of open headings (linear in the text, whatever its shape)."""
     heads = [(i, m) for i, line in enumerate(lines) if (m := _HEADING_RE.match(line)) is not None]
-    sections: list[Section] = []
+    ends = [len(lines)] * len(heads)
+    open_heads: list[tuple[int, int]] = []  # (index into heads, level), levels increasing
     for n, (i, match) in enumerate(heads):
         level = len(match["hashes"])
-        if level == 1 and n == 0:
+        while open_heads and open_heads[-1][1] >= level:
+            ends[open_heads.pop()[0]] = i
+        open_heads.append((n, level))
+    sections: list[Section] = []
+    for n, (i, match) in enumerate(heads):
+        if len(match["hashes"]) == 1 and n == 0:
             continue  # the policy's title
-        end = next((j for j, m in heads[n + 1 :] if len(m["hashes"]) <= level), len(lines))
         sections.append(
-            Section(classify_heading(match["title"]), match["title"], i + offset, end - 1 + offset)
+            Section(
+                classify_heading(match["title"]), match["title"], i + offset, ends[n] - 1 + offset
+            )
         )
     return sections
 
 
-def _in_kind(line_no: int, sections: Iterable[Section], kind: SectionKind) -> bool:
-    return any(s.kind == kind and s.start_line <= line_no <= s.end_line for s in sections)
+def _lines_of(
+    kind: SectionKind, sections: Iterable[Section], lines: int, offset: int
+) -> list[bool]:
+    """For each line, whether it lies in a section of `kind` (sections nest at most six deep,
+    so marking them is linear in the text)."""
+    marked = [False] * lines
+    for section in sections:
+        if section.kind == kind:
+            for line_no in range(section.start_line, section.end_line + 1):
+                if 0 <= line_no - offset < lines:
+                    marked[line_no - offset] = True
+    return marked
 
 
 def _find_rules(lines: list[str], sections: list[Section], offset: int) -> list[Rule]:
     rules: dict[str, Rule] = {}
+    in_examples = _lines_of(SectionKind.EXAMPLES, sections, len(lines), offset)
     for i, line in enumerate(lines):
         line_no = i + offset
-        if _in_kind(line_no, sections, SectionKind.EXAMPLES):
+        if in_examples[i]:
             continue
         match = _RULE_DEF_RE.match(line)
         if match and match["id"] not in rules:
@@ -507,9 +564,10 @@ _CONTENT_RE = re.compile(
 def _find_examples(lines: list[str], sections: list[Section], offset: int) -> list[Example]:
     examples: list[Example] = []
     pending = ""
+    in_examples = _lines_of(SectionKind.EXAMPLES, sections, len(lines), offset)
     for i, line in enumerate(lines):
         line_no = i + offset
-        if not _in_kind(line_no, sections, SectionKind.EXAMPLES):
+        if not in_examples[i]:
             continue
         if (match := _ANSWER_RE.match(line)) is not None:
             examples.append(Example(match["answer"], line_no, pending))

@@ -39,7 +39,8 @@ PolicyOption = Annotated[
     typer.Option(
         "--policy",
         "-p",
-        help="Policy file, or a bundled policy name. Repeat to judge several policies in "
+        help="A bundled policy name (spam), or a policy file's path (./spam, my-policy.md); a "
+        "bare name never reads the working directory. Repeat to judge several policies in "
         "one prompt (one call per item, one decision per policy; the item is flagged "
         "when any policy flags it).",
     ),

@@ -87,7 +87,8 @@ PoliciesOption = Annotated[
     typer.Option(
         "--policy",
         "-p",
-        help="Policy file or bundled name. Repeat for several policies, each judged on "
+        help="A bundled policy name (hate), or a policy file's path (./hate, my.md). Repeat "
+        "for several policies, each judged on "
         "the dataset label of its name (multi-policy exact match); one whose name is no "
         "label counts only towards the any-policy answer on the overall label.",
     ),

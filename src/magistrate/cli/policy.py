@@ -24,12 +24,14 @@ policy_app = typer.Typer(
 )
 app.add_typer(policy_app, name="policy")
 
+SOURCE_HELP = "A bundled policy name (spam), or a policy file's path (./spam, my-policy.md)."
+
 _STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "dim"}
 
 
 @policy_app.command("lint")
 def lint(
-    source: Annotated[str, typer.Argument(help="Policy file or bundled policy name.")],
+    source: Annotated[str, typer.Argument(help=SOURCE_HELP)],
     as_json: Annotated[bool, typer.Option("--json")] = False,
     strict: Annotated[bool, typer.Option(help="Fail on warnings too.")] = False,
 ) -> None:
@@ -57,7 +59,7 @@ def lint(
 
 @policy_app.command("show")
 def show(
-    source: Annotated[str, typer.Argument(help="Policy file or bundled policy name.")],
+    source: Annotated[str, typer.Argument(help=SOURCE_HELP)],
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Print a policy's parsed structure: id, hash, labels, sections, rule ids, examples."""
