@@ -261,7 +261,7 @@ class Service:
 
     async def _classify(self, body: ClassifyRequest) -> ClassifyResponse:
         policies = await self.policies_for(body)
-        items = self.items(body.items)
+        items = await asyncio.to_thread(self.items, body.items)  # checks and hashes
         mode = body.mode or self.settings.mode
         effort = body.effort or self.settings.effort
         judged = await self.judge(items, policies, mode, effort)
@@ -297,7 +297,7 @@ class Service:
                 )
             if body.policies:
                 raise InputError("Send either `policies` or `policy_text`, not both.")
-            return [inline_policy(body.policy_text)]
+            return [await asyncio.to_thread(inline_policy, body.policy_text)]
         if not body.policies:
             raise InputError("Name at least one policy id in `policies`.")
         if len(body.policies) > self.settings.max_policies:
@@ -322,7 +322,7 @@ class Service:
         texts = moderation_texts(body)
         if not texts:
             raise InputError("`input` is empty; send a string or a non-empty array.")
-        items = self.items([ItemIn(text=t) for t in texts])
+        items = await asyncio.to_thread(self.items, [ItemIn(text=t) for t in texts])
         categories = self.settings.moderation_categories
         policies = [await self.catalog.policy(pid) for pid in categories.values()]
         mode = Mode.SCORE if self.backend.capabilities.label_scores else Mode.REASON

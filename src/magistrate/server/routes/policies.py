@@ -1,5 +1,6 @@
 """`/v1/policies`: list, read, store (as immutable versions), version history, activate."""
 
+import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Response
@@ -41,13 +42,14 @@ async def _summary(svc: Service, policy: Policy) -> PolicySummary:
 
 
 async def _detail(svc: Service, policy: Policy) -> PolicyDetail:
+    findings = await asyncio.to_thread(lint_policy, policy)  # large texts: off the loop
     return PolicyDetail(
         **(await _summary(svc, policy)).model_dump(),
         text=policy.text,
         rule_ids=sorted(policy.rule_ids),
         output=policy.output.value,
         threshold=policy.threshold,
-        findings=[FindingOut(**f.to_dict()) for f in lint_policy(policy)],
+        findings=[FindingOut(**f.to_dict()) for f in findings],
     )
 
 
@@ -75,13 +77,15 @@ async def put_policy(
     policy_id: PolicyId, body: PolicyPut, key: AdminKey, svc: ServiceDep, response: Response
 ) -> PolicyPutResponse:
     """Store a policy text as an immutable version (by hash); lint it; activate it."""
-    policy = parse_policy(body.text, source=f"api:{policy_id}", default_id=policy_id)
+    policy = await asyncio.to_thread(
+        parse_policy, body.text, source=f"api:{policy_id}", default_id=policy_id
+    )
     if policy.id != policy_id:
         raise InputError(
             f"The text's front matter says id {policy.id!r} but the URL says "
             f"{policy_id!r}; make them match."
         )
-    errors = [f for f in lint_policy(policy) if f.severity == "error"]
+    errors = [f for f in await asyncio.to_thread(lint_policy, policy) if f.severity == "error"]
     if errors and not body.allow_lint_errors:
         listed = "; ".join(f"line {f.line}: {f.message}" for f in errors[:5])
         raise PolicyError(
