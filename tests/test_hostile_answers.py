@@ -164,18 +164,24 @@ class Anything(Backend):
 numbers = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True),
     st.integers(min_value=-(10**6), max_value=10**6),
+    st.just(10**400),
     st.text(max_size=3),
     st.none(),
 )
 probabilities = st.one_of(
-    st.none(), st.dictionaries(st.sampled_from(["0", "1", "2", "x"]), numbers, max_size=3)
+    st.none(),
+    st.dictionaries(st.sampled_from(["0", "1", "2", "x", 1, None]), numbers, max_size=3),
+    st.just(10**400),  # not even a mapping
 )
 completions = st.builds(
     Completion,
     text=st.one_of(st.text(max_size=40), st.sampled_from(["0", "1", '{"violation": 1}'])),
     model=st.just("anything"),
     finish_reason=st.sampled_from(["stop", "length", "weird"]),
-    usage=st.builds(Usage, prompt_tokens=st.one_of(st.integers(0, 10**6), st.text(max_size=3))),
+    usage=st.one_of(
+        st.builds(Usage, prompt_tokens=st.one_of(st.integers(0, 10**6), st.text(max_size=3))),
+        st.none(),
+    ),
     label_probs=probabilities,
     slot_probs=st.one_of(st.none(), st.tuples(probabilities, probabilities)),
 )
@@ -186,9 +192,16 @@ failures = st.sampled_from(
 
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 @given(answer=st.one_of(completions, failures), mode=st.sampled_from(["score", "reason"]))
-def test_no_answer_ever_escapes_or_passes_invalid_probabilities_as_a_verdict(answer, mode):
+def test_no_answer_ever_escapes_or_passes_invalid_probabilities_as_a_verdict(
+    answer, mode, tmp_path
+):
+    from magistrate.store import Recorder, Store
+
+    recorder = Recorder(Store(tmp_path / "log.db"))  # every decision must be recordable too
     for policies in (["spam"], ["hate", "violence"]):
-        judge = Judge([load_policy(p) for p in policies], Anything(answer), mode=mode)
+        judge = Judge(
+            [load_policy(p) for p in policies], Anything(answer), mode=mode, recorder=recorder
+        )
         judgement = asyncio.run(judge.judge("x"))  # never raises
         for decision in judgement.decisions:
             verdict = decision.verdict

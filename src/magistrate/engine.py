@@ -28,7 +28,15 @@ import time
 import warnings
 import weakref
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -592,11 +600,17 @@ class Judge:
         writing = asyncio.ensure_future(
             self.recorder.arecord_all(list(zip(decisions, call.policies, strict=True)), item)
         )
-        try:
-            await asyncio.shield(writing)
-        except asyncio.CancelledError:
-            await asyncio.wait([writing])
-            raise
+        cancelled: asyncio.CancelledError | None = None
+        while True:
+            try:
+                await asyncio.shield(writing)
+                break
+            except asyncio.CancelledError as exc:
+                if writing.done():  # the write itself was cancelled
+                    raise
+                cancelled = exc  # wait for the write however many cancellations arrive
+        if cancelled is not None:
+            raise cancelled
 
     async def _complete(
         self, prompt: Prompt, options: CompletionOptions, clock: _Clock
@@ -622,8 +636,8 @@ class Judge:
                     ) from None
                 except MagistrateError:
                     raise
-                except Exception as exc:
-                    raise MalformedAnswer(
+                except Exception as exc:  # a backend's own failure on what it received
+                    raise BackendError(
                         f"{self.backend.name} failed while answering "
                         f"({type(exc).__name__}); the item was not judged."
                     ) from exc
@@ -676,6 +690,16 @@ def _checked(completion: object, backend: str) -> Completion:
     """
     if not isinstance(completion, Completion):
         raise MalformedAnswer(f"{backend} returned {type(completion).__name__}, not a Completion.")
+    if not isinstance(completion.usage, Usage):
+        raise MalformedAnswer(f"{backend} reported no token usage it could account for.")
+    if not _label_map(completion.label_probs) or not (
+        completion.slot_probs is None
+        or (
+            isinstance(completion.slot_probs, tuple)
+            and all(_label_map(slot) for slot in completion.slot_probs)
+        )
+    ):
+        raise MalformedAnswer(f"{backend} gave label probabilities that are not keyed by label.")
     usage = completion.usage
     counts = [
         usage.prompt_tokens,
@@ -691,6 +715,11 @@ def _checked(completion: object, backend: str) -> Completion:
     ):
         raise MalformedAnswer(f"{backend} answered with text fields that are not text.")
     return completion
+
+
+def _label_map(probs: object) -> bool:
+    """None, or a mapping from label names (text) to whatever values (checked later)."""
+    return probs is None or (isinstance(probs, Mapping) and all(isinstance(k, str) for k in probs))
 
 
 async def _aiter(items: Iterable[Content] | AsyncIterable[Content]) -> AsyncIterator[Content]:

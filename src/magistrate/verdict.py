@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -202,12 +203,13 @@ def _bundle_answer(body: str, obj: dict[str, Any] | None, policy_id: str) -> str
 
 def probability_problem(probs: Mapping[str, float]) -> str | None:
     """Why label probabilities cannot be used, or None when they can: every value a finite
-    number in [0, 1] (a NaN or infinity from a remote server's logprobs, or NaN logits, must
-    never be read as "0% violating")."""
+    real number in [0, 1] (a NaN or infinity from a remote server's logprobs, or NaN logits,
+    must never be read as "0% violating")."""
     for name, value in probs.items():
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
             return f"the probability of label {name!r} is not a number"
-        if not math.isfinite(value) or not 0.0 <= value <= 1.0 + 1e-9:
+        as_float = float(value) if -1.0 <= value <= 2.0 else math.inf  # no overflow on huge
+        if not math.isfinite(as_float) or not 0.0 <= as_float <= 1.0 + 1e-9:
             return f"the probability of label {name!r} is {value!r}, not a number in [0, 1]"
     return None
 

@@ -36,6 +36,7 @@ from magistrate.errors import (
     BackendTimeout,
     ConfigError,
     InputError,
+    MalformedAnswer,
     MissingDependency,
     ModelError,
 )
@@ -268,6 +269,12 @@ class LlamaCppBackend(Backend):
         start = time.perf_counter()
         if ids is not None:
             label = self._read_label(tokens, cached, ids, prompt, options)
+            if not (math.isfinite(label.mass) and label.mass > 0):
+                # No probability on any label (NaN or underflowed logits): choosing one
+                # anyway would invent the answer, usually the first, non-violating label.
+                raise MalformedAnswer(
+                    f"{self.name} put no probability on any label at the label position."
+                )
             text += prompt.candidates[label.choice]
             n_generated = 1
         if not options.constrain_label:

@@ -67,6 +67,7 @@ from magistrate.ids import new_ulid
 from magistrate.item import Item
 from magistrate.policy import Policy, bundle_hash
 from magistrate.store import DecisionFilter, Recorder, Store
+from magistrate.verdict import probability_problem
 
 _M = TypeVar("_M", ScoreMetrics, Reliability)
 
@@ -432,6 +433,9 @@ def _recorded(
     found: dict[str, Decision] = {}
     for stored in store.iter_decisions(where):
         d = stored.decision
+        probs = d.verdict.label_probs
+        if probs and probability_problem(probs) is not None:
+            continue  # recorded before invalid probabilities became abstentions: judge again
         if {k: v for k, v in d.options.items() if k != "constrained"} == want:
             found[d.item_hash] = d  # oldest first, so the newest wins
     return found
