@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from magistrate.backends.mock import MockBackend, Scripted
 from magistrate.evaluate import metrics as m
 
 POLICY_HASH = "cd" * 32
@@ -175,3 +176,14 @@ def v1_multi_row(run: str, exact_match: float) -> dict[str, Any]:
             "tokens_per_item": 4400.0,
         },
     }
+
+
+def scripted(labels: list[int]) -> MockBackend:
+    """A scripted backend answering each label in turn, scored 0.2 (label 0) or 0.8 (1)."""
+    return MockBackend(
+        script=[
+            Scripted(str(v), label_probs={"0": 1 - (0.2 + 0.6 * v), "1": 0.2 + 0.6 * v})
+            for v in labels
+        ],
+        max_concurrency=1,
+    )

@@ -12,9 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from evalfiles import v1_multi_row, v1_result, v1_run_row
+from evalfiles import scripted, v1_multi_row, v1_result, v1_run_row
 
-from magistrate.backends.mock import MockBackend, Scripted
 from magistrate.engine import Judge
 from magistrate.errors import ConfigError
 from magistrate.evaluate.datasets import Dataset, Example
@@ -33,16 +32,6 @@ from magistrate.store import Store
 from magistrate.verdict import ParseStatus
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def scripted(labels: list[int]) -> MockBackend:
-    return MockBackend(
-        script=[
-            Scripted(str(v), label_probs={"0": 1 - (0.2 + 0.6 * v), "1": 0.2 + 0.6 * v})
-            for v in labels
-        ],
-        max_concurrency=1,
-    )
 
 
 def dataset(name: str = "golden", n: int = 8) -> Dataset:

@@ -13,9 +13,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from evalfiles import v1_item, v1_multi_row, v1_result, v1_run_row
+from evalfiles import scripted, v1_item, v1_multi_row, v1_result, v1_run_row
 
-from magistrate.backends.mock import MockBackend, Scripted
+from magistrate.backends.mock import MockBackend
 from magistrate.engine import Judge
 from magistrate.errors import ConfigError, ErrorBudgetExceeded, InputError, MagistrateError
 from magistrate.evaluate import metrics as m
@@ -230,16 +230,6 @@ def small_set(tmp_path: Path, n: int = 8) -> Path:
     rows = [{"id": f"i{k}", "text": f"message number {k}", "label": k % 2} for k in range(n)]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
-
-
-def scripted(labels: list[int]) -> MockBackend:
-    return MockBackend(
-        script=[
-            Scripted(str(v), label_probs={"0": 1 - (0.2 + 0.6 * v), "1": 0.2 + 0.6 * v})
-            for v in labels
-        ],
-        max_concurrency=1,
-    )
 
 
 def test_runner_caches_in_the_decision_log(spam, tmp_path):
