@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -100,6 +101,29 @@ def test_before_seq_is_bounded_by_the_integer_column(store, spam):
     for seq in (2**63, -1):
         with pytest.raises(InputError, match="9223372036854775807"):
             DecisionFilter(before_seq=seq)
+
+
+@pytest.mark.parametrize(
+    ("stored", "reason"),
+    [
+        ("[1", "not valid JSON"),
+        ("[1, 2]", "not a JSON object"),
+        ('{"a": ' * 200 + "1" + "}" * 200, "nested deeper than 128 levels"),
+        ("[" * 100_000 + "]" * 100_000, "nested deeper than 128 levels"),
+    ],
+    ids=["broken", "list", "deep", "past-recursion"],
+)
+def test_stored_metadata_that_cannot_be_read_back_reads_as_a_marker(store, spam, stored, reason):
+    """Whatever the metadata column holds, reads answer (the row's own chain check fails)."""
+    decision, item = make_decision(spam, "a")
+    store.record(decision, policy=spam, content=item.text)
+    edit(store, "UPDATE decisions SET metadata = :m WHERE seq = 1", m=stored)
+    [row] = store.decisions()
+    assert row.decision.metadata == {"_unreadable": reason}
+    assert store.decision(decision.id).decision.metadata == {"_unreadable": reason}
+    assert json.loads(json.dumps(row.to_dict()))["metadata"] == {"_unreadable": reason}
+    report = store.verify()
+    assert not report.ok and report.seq == 1 and "changed" in (report.problem or "")
 
 
 def test_policy_versions_history_and_lookup(store, spam):

@@ -7,12 +7,14 @@ Every free-text field of a request other than the content to judge is a `Text` (
 metadata a `Metadata`): a string UTF-8 cannot carry (an unpaired surrogate, which a JSON
 escape such as `\\ud800` produces) is refused with 422 while the body is read, before any
 backend call, instead of failing later when it is echoed back or recorded. The content
-itself is checked by `magistrate.item`, whose message names the item.
+itself is checked by `magistrate.item`, whose message names the item. Item metadata is also
+bounded in depth and size (`metadata_tree`), so every recorded decision can be read back.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from typing import Annotated, Any, Literal
 
@@ -113,26 +115,54 @@ def utf8_text(value: object) -> object:
     return value
 
 
-def utf8_tree(value: object) -> object:
-    """`utf8_text` for every key and string value of a JSON value, at any depth."""
-    pending = [value]
+METADATA_MAX_DEPTH = 32
+"""How deeply item metadata may nest (the item's metadata object is level 1)."""
+METADATA_MAX_BYTES = 16 * 1024
+"""How large one item's metadata may be, as compact UTF-8 JSON."""
+
+
+def metadata_tree(value: object) -> object:
+    """Item metadata the log can keep and read back: `utf8_text` for every key and string at
+    any depth, at most `METADATA_MAX_DEPTH` levels and `METADATA_MAX_BYTES` of JSON.
+
+    Deeper or larger metadata was once accepted and recorded, then broke every read of the
+    decisions that held it; it is refused here, before any backend call.
+
+    Example:
+        >>> metadata_tree({"source": "forum", "tags": ["a", "b"]})
+        {'source': 'forum', 'tags': ['a', 'b']}
+    """
+    pending: list[tuple[object, int]] = [(value, 1)]
     while pending:  # a loop, not recursion: nesting depth is the sender's choice
-        node = pending.pop()
+        node, depth = pending.pop()
+        if isinstance(node, dict | list) and depth > METADATA_MAX_DEPTH:
+            raise PydanticCustomError(
+                "metadata_too_deep",
+                f"is nested deeper than {METADATA_MAX_DEPTH} levels; flatten it",
+            )
         if isinstance(node, dict):
-            pending.extend(node.keys())
-            pending.extend(node.values())
+            pending.extend((key, depth) for key in node)
+            pending.extend((child, depth + 1) for child in node.values())
         elif isinstance(node, list):
-            pending.extend(node)
+            pending.extend((child, depth + 1) for child in node)
         else:
             utf8_text(node)
+    size = len(json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str).encode())
+    if size > METADATA_MAX_BYTES:
+        raise PydanticCustomError(
+            "metadata_too_large",
+            f"is {size:,} bytes of JSON, over {METADATA_MAX_BYTES:,} bytes; keep large data "
+            "elsewhere and send a reference to it",
+        )
     return value
 
 
 Text = Annotated[str, BeforeValidator(utf8_text)]
 """A request string that must be encodable as UTF-8 (checked before length or pattern)."""
 
-Metadata = Annotated[dict[str, Any], BeforeValidator(utf8_tree)]
-"""Free-form JSON whose keys and strings, at any depth, must be encodable as UTF-8."""
+Metadata = Annotated[dict[str, Any], BeforeValidator(metadata_tree)]
+"""Free-form JSON whose keys and strings must be encodable as UTF-8, within
+`METADATA_MAX_DEPTH` levels and `METADATA_MAX_BYTES` (see `metadata_tree`)."""
 
 
 # -- errors ----------------------------------------------------------------------------------

@@ -26,6 +26,11 @@ from magistrate.verdict import ParseStatus, Verdict
 GENESIS = "0" * 64
 """The `prev_hash` of the first decision in a log."""
 
+READABLE_METADATA_DEPTH = 128
+"""Stored metadata nested deeper than this reads as `{"_unreadable": reason}`. The service
+takes 32 levels; older versions recorded any depth, and JSON encoders stop near 255 levels,
+so one such row would break every page of the log that holds it."""
+
 
 def canonical_json(value: Any) -> str:
     """JSON with sorted keys and no spaces: one text per value, on every database."""
@@ -171,7 +176,7 @@ def stored_decision(row: Mapping[str, Any]) -> StoredDecision:
         ),
         latency_s=row["latency_s"],
         error=row["error"],
-        metadata=json.loads(row["metadata"]),
+        metadata=readable_metadata(row["metadata"]),
     )
     return StoredDecision(
         seq=row["seq"],
@@ -181,6 +186,53 @@ def stored_decision(row: Mapping[str, Any]) -> StoredDecision:
         row_hash=row["row_hash"],
         run_id=row["run_id"],
     )
+
+
+def readable_metadata(stored: str) -> dict[str, Any]:
+    """A row's metadata as a JSON object any reader can encode again, or the marker
+    `{"_unreadable": reason}` in its place. The stored text stays as it is (the chain hashes
+    it), so `verify` still checks the row.
+
+    Example:
+        >>> readable_metadata('{"source": "forum"}')
+        {'source': 'forum'}
+        >>> readable_metadata("[1")
+        {'_unreadable': 'not valid JSON'}
+    """
+    try:
+        value = json.loads(stored)
+    except RecursionError:
+        return _unreadable(f"nested deeper than {READABLE_METADATA_DEPTH} levels")
+    except (TypeError, ValueError):
+        return _unreadable("not valid JSON")
+    if not isinstance(value, dict):
+        return _unreadable("not a JSON object")
+    if json_depth(value) > READABLE_METADATA_DEPTH:
+        return _unreadable(f"nested deeper than {READABLE_METADATA_DEPTH} levels")
+    return value
+
+
+def _unreadable(reason: str) -> dict[str, Any]:
+    return {"_unreadable": reason}
+
+
+def json_depth(value: Any) -> int:
+    """How many objects and arrays nest at the deepest point of a JSON value (0 for a scalar).
+
+    Example:
+        >>> json_depth({"a": [1, {"b": 2}]})
+        3
+    """
+    deepest = 0
+    pending = [(value, 1)]
+    while pending:  # a loop, not recursion: the depth is whatever was stored
+        node, depth = pending.pop()
+        if isinstance(node, dict):
+            node = list(node.values())
+        if isinstance(node, list):
+            deepest = max(deepest, depth)
+            pending.extend((child, depth + 1) for child in node)
+    return deepest
 
 
 @dataclass(frozen=True)
