@@ -55,3 +55,9 @@ def test_jsonl_items_keep_ids_and_metadata():
         parse_jsonl('{"text": "a"}\n{oops')
     with pytest.raises(InputError, match="line 1: item '1' is empty"):
         parse_jsonl('{"text": "  "}')
+
+
+def test_an_id_with_a_nul_character_is_refused_before_any_model_call():
+    with pytest.raises(InputError, match="NUL") as caught:
+        Item.of("hello", id="m\x00")
+    assert "hello" not in str(caught.value)

@@ -97,3 +97,63 @@ def test_a_stored_row_with_unreadable_metadata_reads_with_a_marker(store_url: st
         assert one.status_code == 200 and one.json()["decision"]["metadata"] == marker
     with Store(store_url) as again:
         assert again.verify().ok  # the stored columns are hashed, not what reads show
+
+
+# -- NUL characters: refused at the door and by the store, on SQLite and PostgreSQL --------------
+
+NUL = r"\u0000"  # a JSON escape for U+0000, which PostgreSQL text cannot hold
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "field"),
+    [
+        ("POST", "/v1/classify", f'{{"items": [{{"text": "hi", "id": "m{NUL}"}}],'
+         ' "policies": ["spam"]}', "items.0.id"),
+        ("POST", "/v1/classify",
+         f'{{"items": [{{"text": "hi", "metadata": {{"k": "v{NUL}"}}}}], "policies": ["spam"]}}',
+         "items.0.metadata"),
+        ("POST", "/v1/classify",
+         f'{{"items": [{{"text": "hi", "metadata": {{"k{NUL}": [1]}}}}], "policies": ["spam"]}}',
+         "items.0.metadata"),
+        ("POST", "/v1/classify", f'{{"items": [{{"text": "hi"}}], "policies": ["sp{NUL}am"]}}',
+         "policies.0"),
+        ("POST", "/v1/classify", f'{{"items": [{{"text": "hi"}}], "policy_text": "# P{NUL}"}}',
+         "policy_text"),
+        ("POST", "/v1/classify", f'{{"items": [{{"text": "hi"}}], "policies": ["spam"],'
+         f' "idempotency_key": "k{NUL}"}}', "idempotency_key"),
+        ("POST", "/v1/moderations", f'{{"input": "hi", "model": "m{NUL}"}}', "model"),
+        ("PUT", "/v1/policies/house", f'{{"text": "# P{NUL}"}}', "text"),
+        ("PUT", "/v1/policies/spam/active", f'{{"version": "@1{NUL}"}}', "version"),
+        ("GET", "/v1/decisions?label=1%00", None, "query.label"),
+        ("GET", "/v1/decisions?policy=spam%00", None, "query.policy"),
+        ("GET", "/v1/decisions?since=7d%00", None, "query.since"),
+        ("DELETE", "/v1/keys/ops%00", None, "path.name"),
+    ],
+    ids=["item-id", "metadata-value", "metadata-key", "policy-id", "policy-text",
+         "idempotency-key", "moderation-model", "put-policy", "activate", "label", "policy",
+         "since", "revoke-key"],
+)  # fmt: skip
+def test_nul_characters_answer_422_before_any_model_call(
+    store_url: str, method: str, path: str, body: str | None, field: str
+) -> None:
+    """A NUL in any request text bound for the database is the caller's mistake (422), on
+    both stores alike: never a 503 "made but NOT recorded" after the backend was called."""
+    backend = scripted()
+    store = Store(store_url)
+    store.create_api_key("ops", ["admin"])
+    app = create_app(ServerSettings(allow_inline_policies=True), backend=backend, store=store)
+    with serving(app) as srv:
+        got = httpx.request(
+            method,
+            f"{srv.url}{path}",
+            content=body.encode("ascii") if body is not None else None,
+            headers={"content-type": "application/json"},
+        )
+        assert got.status_code == 422, got.text
+        error = got.json()["error"]
+        assert error["type"] == "invalid_request_error", got.text
+        assert error["message"].startswith(f"{field}:") and "NUL" in error["message"], got.text
+    assert backend.prompts == []
+    with Store(store_url) as again:
+        assert again.count() == 0
+        assert [k.name for k in again.api_keys()] == ["ops"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -369,3 +370,30 @@ def test_urls_and_paths_resolve(tmp_path, monkeypatch):
     with pytest.raises(InputError, match="not a time"):
         parse_since("yesterday-ish")
     assert parse_since("2026-11-28").tzinfo is not None
+
+
+def test_a_nul_character_is_an_input_error_on_every_database(store, spam):
+    """PostgreSQL text cannot hold U+0000; both stores refuse it alike, before writing or
+    querying, as the caller's mistake (never StoreUnavailable, never stored on one only)."""
+    decision, item = make_decision(spam, "a")
+    decision = dataclasses.replace(decision, item_id="m\x00")  # Item.of refuses such an id
+    with pytest.raises(InputError, match="item_id") as caught:
+        store.record(decision, policy=spam, content=item.text)
+    assert "NUL" in str(caught.value) and decision.id in str(caught.value)
+    decision, item = make_decision(spam, "a")
+    with pytest.raises(InputError, match="run_id"):
+        store.record(decision, policy=spam, content=item.text, run_id="r\x00")
+    assert store.count() == 0
+    for field in ("policy_id", "label", "item_hash", "run_id", "policy_hash", "backend"):
+        with pytest.raises(InputError, match=field):
+            DecisionFilter(**{field: "x\x00"})
+    with pytest.raises(InputError, match="NUL"):
+        store.decisions(label="1\x00")
+    with pytest.raises(InputError, match="NUL"):
+        store.revoke_api_key("ops\x00")
+    with pytest.raises(InputError, match="NUL"):
+        store.create_api_key("ops\x00", ["admin"])
+    with pytest.raises(InputError, match="NUL"):
+        store.policy_versions("spam\x00")
+    with pytest.raises(InputError, match="NUL"):
+        store.runs(policy_id="spam\x00")

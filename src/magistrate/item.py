@@ -67,9 +67,15 @@ class Item:
         """Build a checked item from text, UTF-8 bytes, or a list of turns.
 
         Raises:
-            InputError: The content is empty, too large, binary, or not valid UTF-8.
+            InputError: The content is empty, too large, binary, or not valid UTF-8; or the
+                id holds a NUL character (the decision log cannot store it).
         """
         where = f"item {id!r}" if id is not None else "the content"
+        if id is not None and "\x00" in id:
+            raise InputError(
+                f"{where}: the id holds a NUL character (U+0000), which the decision log "
+                "cannot store. Remove it."
+            )
         if isinstance(content, bytes):
             content = decode_content(content, where=where)
         turns: tuple[Turn, ...] = ()

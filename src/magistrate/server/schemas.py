@@ -5,10 +5,12 @@ into the schema, so the committed OpenAPI document is the same for every configu
 
 Every free-text field of a request other than the content to judge is a `Text` (and item
 metadata a `Metadata`): a string UTF-8 cannot carry (an unpaired surrogate, which a JSON
-escape such as `\\ud800` produces) is refused with 422 while the body is read, before any
-backend call, instead of failing later when it is echoed back or recorded. The content
-itself is checked by `magistrate.item`, whose message names the item. Item metadata is also
-bounded in depth and size (`metadata_tree`), so every recorded decision can be read back.
+escape such as `\\ud800` produces) or one holding NUL (`\\u0000`, which PostgreSQL text
+cannot hold) is refused with 422 while the body is read, before any backend call, instead of
+failing later when it is echoed back or recorded. Query and path strings that reach the
+database use `Text` too. The content itself is checked by `magistrate.item`, whose message
+names the item. Item metadata is also bounded in depth and size (`metadata_tree`), so every
+recorded decision can be read back.
 """
 
 from __future__ import annotations
@@ -94,7 +96,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-# -- text that UTF-8 can carry -------------------------------------------------------------------
+# -- text the log can hold ----------------------------------------------------------------------
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 NOT_UTF8 = (
@@ -103,15 +105,26 @@ NOT_UTF8 = (
 )
 
 
-def utf8_text(value: object) -> object:
-    """Refuse a string UTF-8 cannot encode; anything else is left to the field's own type.
+NUL = (
+    "holds a NUL character (U+0000, such as a \\u0000 escape), which the decision log "
+    "cannot store or search for; remove it"
+)
+
+
+def storable_text(value: object) -> object:
+    """Refuse a string the decision log cannot hold: one UTF-8 cannot encode (an unpaired
+    surrogate) or one holding NUL (PostgreSQL text cannot). Anything else is left to the
+    field's own type.
 
     Example:
-        >>> utf8_text("café")
+        >>> storable_text("café")
         'café'
     """
-    if isinstance(value, str) and _SURROGATE.search(value):
-        raise PydanticCustomError("not_utf8", NOT_UTF8)
+    if isinstance(value, str):
+        if _SURROGATE.search(value):
+            raise PydanticCustomError("not_utf8", NOT_UTF8)
+        if "\x00" in value:
+            raise PydanticCustomError("nul_character", NUL)
     return value
 
 
@@ -122,8 +135,8 @@ METADATA_MAX_BYTES = 16 * 1024
 
 
 def metadata_tree(value: object) -> object:
-    """Item metadata the log can keep and read back: `utf8_text` for every key and string at
-    any depth, at most `METADATA_MAX_DEPTH` levels and `METADATA_MAX_BYTES` of JSON.
+    """Item metadata the log can keep and read back: `storable_text` for every key and string
+    at any depth, at most `METADATA_MAX_DEPTH` levels and `METADATA_MAX_BYTES` of JSON.
 
     Deeper or larger metadata was once accepted and recorded, then broke every read of the
     decisions that held it; it is refused here, before any backend call.
@@ -146,7 +159,7 @@ def metadata_tree(value: object) -> object:
         elif isinstance(node, list):
             pending.extend((child, depth + 1) for child in node)
         else:
-            utf8_text(node)
+            storable_text(node)
     size = len(json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str).encode())
     if size > METADATA_MAX_BYTES:
         raise PydanticCustomError(
@@ -157,11 +170,12 @@ def metadata_tree(value: object) -> object:
     return value
 
 
-Text = Annotated[str, BeforeValidator(utf8_text)]
-"""A request string that must be encodable as UTF-8 (checked before length or pattern)."""
+Text = Annotated[str, BeforeValidator(storable_text)]
+"""A request string the decision log can hold: valid UTF-8, no NUL (checked before length or
+pattern)."""
 
 Metadata = Annotated[dict[str, Any], BeforeValidator(metadata_tree)]
-"""Free-form JSON whose keys and strings must be encodable as UTF-8, within
+"""Free-form JSON whose keys and strings are `storable_text`, within
 `METADATA_MAX_DEPTH` levels and `METADATA_MAX_BYTES` (see `metadata_tree`)."""
 
 

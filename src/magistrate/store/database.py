@@ -31,7 +31,13 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
 import magistrate.store.migrations as migrations
-from magistrate.errors import ConfigError, MissingDependency, StoreError, StoreUnavailable
+from magistrate.errors import (
+    ConfigError,
+    InputError,
+    MissingDependency,
+    StoreError,
+    StoreUnavailable,
+)
 
 DATABASE_ENV = "MAGISTRATE_DATABASE_URL"
 """Environment variable naming the log: a SQLAlchemy URL or a SQLite file path."""
@@ -51,6 +57,26 @@ _OPERATIONAL = (
     sa.exc.DisconnectionError,
     sa.exc.TimeoutError,
 )
+
+
+def refuse_nul(what: str, **texts: str | None) -> None:
+    """Refuse text that holds U+0000 before it is written or searched for, on every database.
+
+    PostgreSQL text cannot hold NUL; SQLite can. Both refuse it here, as the caller's mistake,
+    so a log behaves the same on either and never fails with an outage-like error.
+
+    Example:
+        >>> refuse_nul("the filter", label="1", policy_id=None)
+
+    Raises:
+        InputError: Some of `texts` hold NUL (the message names them, never their values).
+    """
+    held = [name for name, text in texts.items() if isinstance(text, str) and "\x00" in text]
+    if held:
+        raise InputError(
+            f"{what}: {', '.join(held)} {'holds' if len(held) == 1 else 'hold'} a NUL "
+            "character (U+0000), which the decision log cannot store or search for. Remove it."
+        )
 
 
 def default_database_path() -> Path:

@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from magistrate.decision import Decision
 from magistrate.errors import InputError, NotFound
 from magistrate.policy import Policy
-from magistrate.store.database import Database
+from magistrate.store.database import Database, refuse_nul
 from magistrate.store.policies import PolicyRegistry
 from magistrate.store.records import (
     GENESIS,
@@ -42,6 +42,13 @@ Entry = tuple[Decision, Policy, str | None]
 """What one recorded decision needs: the decision, its policy, and the content (or None)."""
 
 _ULID = re.compile(r"[0-9A-HJKMNP-TV-Z]+")
+
+_FILTER_TEXTS = (
+    "policy_id", "label", "item_hash", "run_id", "policy_hash", "backend", "effort", "mode"
+)  # fmt: skip
+_CALLER_TEXTS = ("item_id", "policy_id", "policy_version", "backend")
+"""The text columns of a decision that come from the caller, its policy or its settings
+(checked for NUL before writing; the content is checked by `magistrate.item`)."""
 
 SEQ_MAX = 2**63 - 1
 """The largest chain position the `seq` column holds (BIGINT on PostgreSQL, SQLite's INTEGER)."""
@@ -68,6 +75,8 @@ class DecisionFilter:
     """Only decisions older than this chain position (paging through newest-first lists)."""
 
     def __post_init__(self) -> None:
+        texts = {name: getattr(self, name) for name in _FILTER_TEXTS}
+        refuse_nul("The decision filter", **texts)
         # A number the column cannot hold would reach the driver and fail there (500/503).
         if self.before_seq is not None and not 0 <= self.before_seq <= SEQ_MAX:
             raise InputError(
@@ -121,9 +130,22 @@ class DecisionLog:
         return self.record_many([(decision, policy, content)], run_id=run_id)[0]
 
     def record_many(self, entries: Iterable[Entry], *, run_id: str | None = None) -> list[int]:
-        """Append several decisions in one transaction: all are recorded, or none."""
+        """Append several decisions in one transaction: all are recorded, or none.
+
+        Raises:
+            InputError: A decision's item id, policy, backend, content or the run id holds a
+                NUL character; nothing was recorded.
+            StoreUnavailable: The database cannot be reached; nothing was recorded.
+            StoreError: Nothing was recorded; the message says why.
+        """
         batch = list(entries)
-        for decision, policy, _ in batch:
+        for decision, policy, content in batch:
+            refuse_nul(
+                f"Decision {decision.id} was not recorded",
+                **{name: getattr(decision, name) for name in _CALLER_TEXTS},
+                content=content,
+                run_id=run_id,
+            )
             if decision.policy_hash != policy.hash:
                 raise ValueError(
                     f"Decision {decision.id} was made under policy {decision.policy_hash[:12]},"

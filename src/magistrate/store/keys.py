@@ -26,7 +26,7 @@ import sqlalchemy as sa
 
 from magistrate.errors import Conflict, NotFound
 from magistrate.ids import new_ulid
-from magistrate.store.database import Database
+from magistrate.store.database import Database, refuse_nul
 from magistrate.store.records import canonical_json, timestamp
 
 API_KEY_PREFIX = "mg_"
@@ -85,7 +85,9 @@ class ApiKeys:
 
         Raises:
             Conflict: A key with this name exists.
+            InputError: The name holds a NUL character.
         """
+        refuse_nul("The key was not created", name=name)
         secret = API_KEY_PREFIX + secrets.token_urlsafe(32)
         key = ApiKey(
             id=new_ulid(),
@@ -141,7 +143,9 @@ class ApiKeys:
 
         Raises:
             NotFound: No live key has that name or id.
+            InputError: The name holds a NUL character.
         """
+        refuse_nul("No key was revoked", name_or_id=name_or_id)
         keys = self.db.tables["api_keys"]
         match = sa.or_(keys.c.name == name_or_id, keys.c.id == name_or_id)
         with self.db.write("revoke a key in") as conn:

@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection
 
 from magistrate.errors import NotFound
 from magistrate.policy import Policy
-from magistrate.store.database import Database
+from magistrate.store.database import Database, refuse_nul
 from magistrate.store.records import PolicyVersion, timestamp
 
 KNOWN_KEPT = 4096
@@ -114,7 +114,12 @@ class PolicyRegistry:
             return [row[0] for row in conn.execute(query)]
 
     def versions(self, policy_id: str) -> list[PolicyVersion]:
-        """The distinct texts of a policy, in the order the log first saw them (maybe none)."""
+        """The distinct texts of a policy, in the order the log first saw them (maybe none).
+
+        Raises:
+            InputError: The id holds a NUL character.
+        """
+        refuse_nul("No policy versions were looked up", policy_id=policy_id)
         p, d = self.db.tables["policies"], self.db.tables["decisions"]
         counts = (
             sa.select(d.c.policy_hash, sa.func.count().label("n"))

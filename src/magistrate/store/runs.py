@@ -16,7 +16,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from magistrate.store.database import Database
+from magistrate.store.database import Database, refuse_nul
 from magistrate.store.records import canonical_json
 
 
@@ -44,7 +44,12 @@ class EvalRuns:
             conn.execute(sa.insert(runs).values(**row))
 
     def recent(self, *, policy_id: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
-        """Eval runs, newest first, with spec and metrics decoded."""
+        """Eval runs, newest first, with spec and metrics decoded.
+
+        Raises:
+            InputError: The policy id holds a NUL character.
+        """
+        refuse_nul("No eval runs were looked up", policy_id=policy_id)
         runs = self.db.tables["eval_runs"]
         query = sa.select(runs).order_by(runs.c.created_at.desc()).limit(limit)
         if policy_id is not None:

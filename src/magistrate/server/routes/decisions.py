@@ -6,7 +6,7 @@ from fastapi import APIRouter, Path, Query
 
 from magistrate.server.deps import AdminKey, ServiceDep
 from magistrate.server.responses import ERRORS, NOT_FOUND
-from magistrate.server.schemas import DecisionList, StoredDecisionOut
+from magistrate.server.schemas import DecisionList, StoredDecisionOut, Text
 from magistrate.store import DecisionFilter, StoredDecision
 from magistrate.store.store import parse_since
 
@@ -25,10 +25,10 @@ def _out(row: StoredDecision, include_content: bool) -> StoredDecisionOut:
 async def list_decisions(
     key: AdminKey,
     svc: ServiceDep,
-    policy: Annotated[str | None, Query(max_length=200)] = None,
-    label: Annotated[str | None, Query(max_length=200)] = None,
+    policy: Annotated[Text | None, Query(max_length=200)] = None,
+    label: Annotated[Text | None, Query(max_length=200)] = None,
     since: Annotated[
-        str | None, Query(max_length=64, description="`30m`, `2h`, `7d` or an ISO time.")
+        Text | None, Query(max_length=64, description="`30m`, `2h`, `7d` or an ISO time.")
     ] = None,
     violations: bool = False,
     abstained: bool = False,

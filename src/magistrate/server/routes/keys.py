@@ -6,7 +6,14 @@ from fastapi import APIRouter, Path, Response
 
 from magistrate.server.deps import AdminKey, ServiceDep
 from magistrate.server.responses import ERRORS, NOT_FOUND
-from magistrate.server.schemas import ErrorResponse, KeyCreate, KeyCreated, KeyList, KeyOut
+from magistrate.server.schemas import (
+    ErrorResponse,
+    KeyCreate,
+    KeyCreated,
+    KeyList,
+    KeyOut,
+    Text,
+)
 
 router = APIRouter(tags=["keys"])
 
@@ -37,7 +44,7 @@ async def list_keys(key: AdminKey, svc: ServiceDep, include_revoked: bool = Fals
 
 @router.delete("/v1/keys/{name}", response_model=KeyOut, responses={**ERRORS, **NOT_FOUND})
 async def revoke_key(
-    name: Annotated[str, Path(min_length=1, max_length=100, description="Name or id.")],
+    name: Annotated[Text, Path(min_length=1, max_length=100, description="Name or id.")],
     key: AdminKey,
     svc: ServiceDep,
 ) -> KeyOut:
