@@ -1,5 +1,7 @@
-"""Input the service must refuse at the door, and stored rows it must read whatever they hold
-(issue 16: real uvicorn on loopback, real SQLite and PostgreSQL, a scripted backend)."""
+"""What the service must refuse at the door (callers without a key, input the log cannot
+hold), stored rows it must read whatever they hold, and what its errors may tell callers
+(issue 16: real uvicorn on loopback, real SQLite and PostgreSQL, a scripted backend or the
+openai backend against a fault-injecting server)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import dataclasses
 from typing import Any
 
 import pytest
+from faultserver import FaultServer
 from serving import serving
 from storehelp import make_decision
 
@@ -16,6 +19,9 @@ except ImportError:  # pragma: no cover - where the openai client still uses htt
     import httpx  # type: ignore[no-redef]
 
 from magistrate.backends.mock import MockBackend, Scripted
+from magistrate.backends.openai_compat import OpenAIBackend
+from magistrate.config import Endpoint
+from magistrate.errors import InputError, MalformedAnswer
 from magistrate.policy import load_policy
 from magistrate.server import ServerSettings, create_app
 from magistrate.store import Store
@@ -157,3 +163,148 @@ def test_nul_characters_answer_422_before_any_model_call(
     with Store(store_url) as again:
         assert again.count() == 0
         assert [k.name for k in again.api_keys()] == ["ops"]
+
+
+# -- the key comes first, off loopback ---------------------------------------------------------
+
+
+def keyed(tmp_path, backend: MockBackend, **kw: Any) -> tuple[Any, dict[str, str]]:
+    """An app bound off loopback (keys required) and the header of a `classify` key."""
+    store = Store(tmp_path / "log.db")
+    _, secret = store.create_api_key("app", ["classify"])
+    app = create_app(ServerSettings(host="0.0.0.0", **kw), backend=backend, store=store)
+    return app, {"Authorization": f"Bearer {secret}"}
+
+
+def test_a_caller_without_a_known_key_gets_401_whatever_the_body(tmp_path) -> None:
+    backend = scripted()
+    app, auth = keyed(tmp_path, backend, max_body_bytes=20_000)
+    bodies = [
+        b"{not json",
+        b'{"items": [{"text": "\xff\xfe"}]}',
+        b"[" * 5_000 + b"]" * 5_000,
+        b'{"items": [], "policies": ["spam"]}',
+        b'{"items": [{"text": "' + b"y" * 30_000 + b'"}]}',
+    ]
+    json_type = {"content-type": "application/json"}
+    with serving(app) as srv:
+        url = f"{srv.url}/v1/classify"
+        for who in ({}, {"Authorization": "Bearer mg_unknown"}, {"Authorization": "Basic eDp5"}):
+            for body in bodies:
+                got = httpx.post(url, content=body, headers={**json_type, **who})
+                assert got.status_code == 401, (who, body[:20], got.text)
+                assert got.headers["www-authenticate"] == "Bearer"
+                assert got.json()["error"]["type"] == "authentication_error"
+        # With a key, the body is judged on its merits, and scopes are still the routes'.
+        bad = httpx.post(url, content=b"{not json", headers={**json_type, **auth})
+        assert bad.status_code == 422, bad.text
+        body = {"items": [{"text": "hi"}], "policies": ["spam"]}
+        assert httpx.post(url, json=body, headers=auth).status_code == 200
+        assert httpx.get(f"{srv.url}/v1/decisions", headers=auth).status_code == 403
+    assert len(backend.prompts) == 1
+
+
+def test_the_api_docs_need_a_key_off_loopback_and_stay_open_on_loopback(tmp_path) -> None:
+    app, auth = keyed(tmp_path, scripted())
+    with serving(app) as srv:
+        for path in ("/docs", "/redoc", "/openapi.json"):
+            assert httpx.get(f"{srv.url}{path}").status_code == 401, path
+            assert httpx.get(f"{srv.url}{path}", headers=auth).status_code == 200, path
+        for path in ("/healthz", "/readyz", "/metrics"):  # probes and scrapers need none
+            assert httpx.get(f"{srv.url}{path}").status_code == 200, path
+    settings = ServerSettings(database=str(tmp_path / "open.db"))
+    with serving(create_app(settings, backend=scripted())) as srv:
+        for path in ("/docs", "/redoc", "/openapi.json"):
+            assert httpx.get(f"{srv.url}{path}").status_code == 200, path
+
+
+# -- a body that cannot be parsed says why -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "needle", "not_said"),
+    [
+        (b'{"items": ' + b"[" * 5_000 + b"]" * 5_000 + b"}", 400, "nested too deeply", "UTF-8"),
+        (b'{"items": [{"text": "\xff\xfe"}]}', 400, "not valid UTF-8", "nested"),
+        (b'{"items": [{"text": "WIN', 422, "not valid JSON", "UTF-8"),
+    ],
+    ids=["deep", "not-utf8", "malformed"],
+)
+def test_a_body_that_cannot_be_parsed_says_why(tmp_path, body, status, needle, not_said) -> None:
+    settings = ServerSettings(database=str(tmp_path / "log.db"))
+    with serving(create_app(settings, backend=scripted())) as srv:
+        got = httpx.post(
+            f"{srv.url}/v1/classify", content=body, headers={"content-type": "application/json"}
+        )
+        assert got.status_code == status, got.text
+        message = got.json()["error"]["message"]
+        assert needle in message and not_said not in message, message
+        assert "WIN" not in message
+
+
+# -- callers get a stable error code, never upstream text ---------------------------------------
+
+UPSTREAM = ("engine crashed", "maximum context length", "no scenario", "fnal")
+"""Text the fault server puts in its error bodies and broken answers."""
+
+
+@pytest.mark.parametrize(
+    ("scenario", "settings", "code"),
+    [
+        ("slow", {"timeout_s": 0.5}, "backend_timeout"),
+        ("http500:s", {}, "backend_unavailable"),
+        ("http400:s", {}, "backend_rejected"),
+        ("http401", {}, "backend_rejected"),
+        ("no-such-scenario", {}, "backend_rejected"),
+        ("ratelimit-forever:s", {}, "backend_rate_limited"),
+        ("bad-header", {}, "malformed_answer"),
+        ("closed-port", {}, "backend_unavailable"),
+    ],
+)
+def test_backend_failures_reach_callers_as_a_code_and_the_log_keeps_the_text(
+    tmp_path, scenario: str, settings: dict[str, Any], code: str
+) -> None:
+    with FaultServer() as fault:
+        url = fault.url
+        if scenario == "closed-port":
+            url = url.rsplit(":", 1)[0] + ":9/v1"  # the discard port: nothing listens there
+        endpoint = Endpoint(base_url=url, max_retries=0, timeout_s=30)
+        backend = OpenAIBackend(f"gpt-oss-{scenario}", endpoint=endpoint)
+        app = create_app(
+            ServerSettings(database=str(tmp_path / "log.db"), **settings), backend=backend
+        )
+        body = {"items": [{"text": "WIN"}], "policies": ["spam"], "mode": "reason"}
+        with serving(app) as srv:
+            got = httpx.post(f"{srv.url}/v1/classify", json=body, timeout=30)
+            assert got.status_code == 200, got.text
+            [decision] = got.json()["decisions"]
+            assert decision["status"] == "error" and decision["error"] == code, decision
+            assert not any(text in got.text for text in UPSTREAM), got.text
+            logged = httpx.get(f"{srv.url}/v1/decisions/{decision['id']}").json()["decision"]
+            assert logged["error"] and logged["error"] != code  # the full message, for audit
+
+
+@pytest.mark.parametrize(
+    ("failure", "code"),
+    [
+        (MalformedAnswer("mock/scripted's answer could not be read (OverflowError)."),
+         "malformed_answer"),
+        (InputError("The prompt is 9,000 tokens and 1 more are needed for the answer, but "
+                    "the model's context holds 4,096. Shorten the content or the policy."),
+         "input_too_long"),
+        (RuntimeError("upstream said: engine crashed"), "backend_error"),
+    ],
+    ids=["malformed", "context", "other"],
+)  # fmt: skip
+def test_other_failures_have_codes_too(tmp_path, failure: Exception, code: str) -> None:
+    class Failing(MockBackend):
+        async def complete(self, prompt: Any, options: Any) -> Any:
+            raise failure
+
+    backend = Failing(script=[])
+    settings = ServerSettings(database=str(tmp_path / "log.db"))
+    with serving(create_app(settings, backend=backend)) as srv:
+        body = {"items": [{"text": "WIN"}], "policies": ["spam"]}
+        got = httpx.post(f"{srv.url}/v1/classify", json=body)
+        [decision] = got.json()["decisions"]
+        assert decision["error"] == code and "engine crashed" not in got.text, got.text

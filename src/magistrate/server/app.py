@@ -14,8 +14,9 @@ Example:
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -25,7 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from magistrate import __version__
 from magistrate.backends import Backend
 from magistrate.errors import MagistrateError, Overloaded, http_status
-from magistrate.server.middleware import BodyLimit, RequestMetrics, error_response
+from magistrate.server.middleware import BodyLimit, RequestMetrics, RequireKey, error_response
 from magistrate.server.routes import ROUTERS
 from magistrate.server.schemas import ServerSettings
 from magistrate.server.service import Service
@@ -66,7 +67,11 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.service = None
+    # The last added runs first: CORS, metrics, then the key (before the body is looked at:
+    # a caller without a key gets 401 whatever it sent), then the body limit.
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    if settings.keys_required:
+        app.add_middleware(RequireKey, get_service=lambda: app.state.service)
     app.add_middleware(RequestMetrics, get_service=lambda: app.state.service)
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
@@ -102,6 +107,10 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         problems = []
         for err in exc.errors()[:10]:
+            if err.get("type") == "json_invalid":  # FastAPI's loc is the character position
+                return error_response(
+                    422, _not_json(err), "invalid_request_error", "invalid_request"
+                )
             where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
             problems.append(f"{where}: {err.get('msg', 'invalid')}")
         return error_response(422, "; ".join(problems), "invalid_request_error", "invalid_request")
@@ -110,15 +119,42 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = str(exc.detail)
         if exc.status_code == 400 and "parsing the body" in message:
-            message = "The body is not a JSON document in UTF-8; send Content-Type: " + (
-                "application/json with valid UTF-8 JSON."
-            )
+            message = _unparsable(exc.__cause__)
         return error_response(exc.status_code, message, "invalid_request_error")
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.error("unexpected %s while serving a request", type(exc).__name__)
         return error_response(500, "Internal error; the request was not judged.", "server_error")
+
+
+def _not_json(err: Mapping[str, Any]) -> str:
+    """What is wrong with a body that is not JSON: the parser's reason and where, never the
+    body itself (the reason is one of the json module's fixed phrases)."""
+    reason = str((err.get("ctx") or {}).get("error", "malformed"))
+    where = err.get("loc", ("body", "?"))[-1]
+    return (
+        f"The body is not valid JSON ({reason} at character {where}); send Content-Type: "
+        "application/json with one JSON document."
+    )
+
+
+def _unparsable(cause: BaseException | None) -> str:
+    """Why the body could not be parsed (FastAPI answers 400 and chains the reason)."""
+    if isinstance(cause, RecursionError):
+        return (
+            "The body could not be parsed as JSON: it is nested too deeply. Flatten it (item "
+            "metadata may nest 32 levels)."
+        )
+    if isinstance(cause, UnicodeDecodeError):
+        return (
+            f"The body is not valid UTF-8 (bad byte at offset {cause.start}); send JSON "
+            "encoded as UTF-8 with Content-Type: application/json."
+        )
+    return (
+        "The body could not be parsed as JSON (malformed); send Content-Type: "
+        "application/json with one JSON document in UTF-8."
+    )
 
 
 def app_from_env() -> FastAPI:

@@ -1,7 +1,8 @@
 """FastAPI dependencies: the running `Service`, and the caller's API key with a scope.
 
 Routes declare `svc: ServiceDep` and `key: ClassifyKey` or `key: AdminKey`; nothing else
-reaches the service.
+reaches the service. Where keys are required, the `RequireKey` middleware has already found
+the caller's key before the body was read; these check its scope and rate.
 """
 
 # No `from __future__ import annotations`: FastAPI reads these aliases from the routes'
@@ -13,6 +14,7 @@ from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from magistrate.errors import Unavailable
+from magistrate.server.middleware import identified
 from magistrate.server.service import Service
 from magistrate.store.store import ApiKey
 
@@ -43,14 +45,16 @@ ServiceDep = Annotated[Service, Depends(get_service)]
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
 
 
-async def classify_caller(svc: ServiceDep, credentials: Credentials) -> ApiKey:
+async def classify_caller(request: Request, svc: ServiceDep, credentials: Credentials) -> ApiKey:
     """A caller allowed to judge (scope `classify` or `admin`)."""
-    return await svc.authenticate(_secret(credentials), "classify")
+    known = identified(request.scope)
+    return await svc.authenticate(_secret(credentials), "classify", known=known)
 
 
-async def admin_caller(svc: ServiceDep, credentials: Credentials) -> ApiKey:
+async def admin_caller(request: Request, svc: ServiceDep, credentials: Credentials) -> ApiKey:
     """A caller allowed to administer policies, decisions and keys (scope `admin`)."""
-    return await svc.authenticate(_secret(credentials), "admin")
+    known = identified(request.scope)
+    return await svc.authenticate(_secret(credentials), "admin", known=known)
 
 
 def _secret(credentials: HTTPAuthorizationCredentials | None) -> str | None:

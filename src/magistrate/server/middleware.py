@@ -1,5 +1,5 @@
-"""ASGI middleware of the service: the body-size limit and per-route request metrics, and
-the OpenAI-shaped error response they and the app's handlers share."""
+"""ASGI middleware of the service: the API key check, the body-size limit and per-route
+request metrics, and the OpenAI-shaped error response they and the app's handlers share."""
 
 import time
 from collections.abc import Callable, MutableMapping
@@ -8,7 +8,9 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
+from magistrate.errors import MagistrateError, Unavailable, http_status
 from magistrate.server.service import Service
+from magistrate.store.store import ApiKey
 
 
 def error_response(
@@ -16,6 +18,68 @@ def error_response(
 ) -> JSONResponse:
     body = {"error": {"message": message, "type": kind, "code": code}}
     return JSONResponse(body, status_code=status, headers=headers or None)
+
+
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+"""What answers without a key even where keys are required: probes and scrapers."""
+
+IDENTIFIED = "magistrate.api_key"
+"""The ASGI scope key under which `RequireKey` leaves the caller's key for the routes."""
+
+
+def identified(scope: MutableMapping[str, Any]) -> ApiKey | None:
+    """The key `RequireKey` found for this request, if it ran."""
+    key = scope.get(IDENTIFIED)
+    return key if isinstance(key, ApiKey) else None
+
+
+class RequireKey:
+    """Where keys are required, answers 401 to a request without a live key before anything
+    else looks at it: its body is not read, parsed or validated, so a caller without a key
+    learns nothing from the body's errors. Every path but `OPEN_PATHS` needs a key, the API
+    documents (`/docs`, `/redoc`, `/openapi.json`) included. Scopes and rates are the routes'
+    (their dependencies reuse the key found here).
+    """
+
+    def __init__(self, app: Any, get_service: Callable[[], Service | None]) -> None:
+        self.app, self.get_service = app, get_service
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or _route_path(scope) in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        try:
+            service = self.get_service()
+            if service is None:
+                raise Unavailable("The server is starting.", code="starting")
+            scope[IDENTIFIED] = await service.identify(bearer_secret(scope))
+        except MagistrateError as exc:
+            answer = http_status(exc)
+            response = error_response(
+                answer.status, str(exc), answer.type, answer.code, **dict(answer.headers)
+            )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _route_path(scope: MutableMapping[str, Any]) -> str:
+    """The path as the app's routes see it (behind a proxy, `path` carries the root path)."""
+    path, root = str(scope["path"]), str(scope.get("root_path") or "")
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
+def bearer_secret(scope: MutableMapping[str, Any]) -> str | None:
+    """The secret of an `Authorization: Bearer ...` header (as FastAPI's HTTPBearer reads it:
+    any other scheme, or none, is no key)."""
+    for name, value in scope.get("headers") or ():
+        if name.lower() == b"authorization":
+            header: bytes = value
+            scheme, _, secret = header.decode("latin-1").strip().partition(" ")
+            if scheme.lower() == "bearer" and secret.strip():
+                return secret.strip()
+            return None
+    return None
 
 
 class BodyLimit:

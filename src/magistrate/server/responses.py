@@ -5,7 +5,10 @@ from typing import Any
 from magistrate.server.schemas import ErrorResponse
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorResponse, "description": "The body is not JSON in UTF-8."},
+    400: {
+        "model": ErrorResponse,
+        "description": "The body cannot be parsed: not UTF-8, or JSON nested too deeply.",
+    },
     401: {"model": ErrorResponse, "description": "No API key, or an unknown or revoked one."},
     403: {"model": ErrorResponse, "description": "The key lacks the scope this needs."},
     413: {"model": ErrorResponse, "description": "The body or the item count is too large."},

@@ -239,6 +239,59 @@ class ClassifyRequest(BaseModel):
     )
 
 
+ErrorCode = Literal[
+    "backend_timeout",
+    "backend_unavailable",
+    "backend_rejected",
+    "backend_rate_limited",
+    "malformed_answer",
+    "input_too_long",
+    "backend_error",
+]
+"""Why a decision has no verdict because its call failed, as API callers see it."""
+
+_ERROR_PHRASES: tuple[tuple[ErrorCode, re.Pattern[str]], ...] = (
+    ("backend_timeout", re.compile(r"did not (?:answer|finish) within")),
+    ("backend_rate_limited", re.compile(r"is rate limiting requests")),
+    ("backend_rejected", re.compile(r"rejected the request with HTTP")),
+    ("backend_unavailable", re.compile(r"Cannot reach |failed with HTTP 5\d\d|could not load")),
+    ("input_too_long", re.compile(r"context holds [\d,]+")),
+    (
+        "malformed_answer",
+        re.compile(
+            r"answer could not be read|not a Completion|no token usage|not keyed by label"
+            r"|token counts that are not counts|text fields that are not text"
+            r"|[Hh]armony message|outside any harmony message|unreadable response"
+            r"|without any choices"
+        ),
+    ),
+)
+"""The phrases Magistrate's own messages open with, per code (the engine records an error as
+text). Upstream text follows these phrases in a message, so the phrase found first wins."""
+
+
+def error_code(decision: Decision) -> ErrorCode | None:
+    """A stable code for a decision whose backend call failed (None when none failed).
+
+    Callers get the code; the full message, which may quote an upstream server's error body,
+    stays in the decision log (`GET /v1/decisions/{id}` with an admin key). The code is read
+    from the message's opening phrase (the table above); a message none of them opens is
+    `backend_error`.
+
+    Example:
+        >>> error_code(decision)  # error: "openai/m did not answer within 5 s."
+        'backend_timeout'
+    """
+    if decision.error is None:
+        return None
+    found = [
+        (match.start(), code)
+        for code, phrase in _ERROR_PHRASES
+        if (match := phrase.search(decision.error)) is not None
+    ]
+    return min(found)[1] if found else "backend_error"
+
+
 class PolicyRef(BaseModel):
     id: str
     version: str
@@ -275,7 +328,13 @@ class DecisionOut(BaseModel):
     confidence: str | None
     rationale: str | None
     reasoning: str | None = None
-    error: str | None
+    error: ErrorCode | None = Field(
+        description="Why the backend call failed, as a stable code (None when it did not): "
+        "`backend_timeout`, `backend_unavailable` (unreachable or 5xx), `backend_rejected` "
+        "(4xx other than 429), `backend_rate_limited`, `malformed_answer`, `input_too_long` "
+        "(over the model's context) or `backend_error`. The full message is in the "
+        "decision log."
+    )
     model: str
     mode: str
     effort: str
@@ -316,7 +375,7 @@ class DecisionOut(BaseModel):
             confidence=v.confidence,
             rationale=v.rationale,
             reasoning=decision.reasoning if reasoning else None,
-            error=decision.error,
+            error=error_code(decision),
             model=decision.model,
             mode=decision.mode,
             effort=decision.effort,

@@ -350,16 +350,42 @@ class Service:
 
     # -- keys -------------------------------------------------------------------------------
 
-    async def authenticate(self, secret: str | None, scope: str) -> ApiKey:
+    async def authenticate(
+        self, secret: str | None, scope: str, *, known: ApiKey | None = None
+    ) -> ApiKey:
         """The caller's key, checked for `scope` and its rate.
+
+        Args:
+            secret: The bearer secret sent, if any.
+            scope: What the route needs (`classify` or `admin`).
+            known: The key `identify` already found for this request (the `RequireKey`
+                middleware's), so it is not looked up twice.
+
+        Raises:
+            Unauthorized: No key where one is needed, or an unknown or revoked one.
+            Forbidden: The key lacks the scope.
+            RateLimited: The key is over its request rate.
+        """
+        key = known or await self.identify(secret)
+        self.check_scope(key, scope)
+        if key.id != ANONYMOUS.id:
+            wait = self.rate.check(key.id, key.rate_per_minute)
+            if wait:
+                self.metrics.rejected.labels("rate").inc()
+                raise RateLimited(
+                    "This API key is over its request rate; retry after the Retry-After delay.",
+                    retry_after=wait,
+                )
+        return key
+
+    async def identify(self, secret: str | None) -> ApiKey:
+        """The caller's live key, scopes and rate not checked yet.
 
         When keys are not required, a caller without a known key (the openai client always
         sends one) is ANONYMOUS, with every scope and no rate limit.
 
         Raises:
             Unauthorized: No key where one is needed, or an unknown or revoked one.
-            Forbidden: The key lacks the scope.
-            RateLimited: The key is over its request rate.
         """
         key = None
         if secret is not None:
@@ -374,15 +400,6 @@ class Service:
                 if secret is None
                 else "This API key is unknown or revoked."
             )
-        self.check_scope(key, scope)
-        if key.id != ANONYMOUS.id:
-            wait = self.rate.check(key.id, key.rate_per_minute)
-            if wait:
-                self.metrics.rejected.labels("rate").inc()
-                raise RateLimited(
-                    "This API key is over its request rate; retry after the Retry-After delay.",
-                    retry_after=wait,
-                )
         return key
 
     def check_scope(self, key: ApiKey, scope: str) -> None:
