@@ -224,6 +224,10 @@ class _Clock:
         self.spent += time.perf_counter() - self._started
 
 
+def _in_flight(pending: Iterable[_Pending]) -> int:
+    return sum(1 for p in pending for task in p.tasks if not task.done())
+
+
 def _raise_first_failure(done: Iterable[asyncio.Task[tuple[Decision, ...]]]) -> None:
     for task in done:
         if not task.cancelled() and task.exception() is not None:
@@ -457,16 +461,17 @@ class Judge:
         """
         budget = _ErrorBudget(max_errors)
         pending: deque[_Pending] = deque()
-        running: set[asyncio.Task[tuple[Decision, ...]]] = set()
         read_ahead = 2 * self.concurrency + 8
         source = _aiter(items).__aiter__()
         exhausted = False
         try:
             while True:
+                # Calls in flight are counted from the tasks themselves: a finished task's
+                # done-callbacks may not have run yet when this generator resumes.
                 while (
                     not exhausted
-                    and len(running) < self.concurrency
-                    and (len(pending) < read_ahead)
+                    and _in_flight(pending) < self.concurrency
+                    and len(pending) < read_ahead
                 ):
                     try:
                         content = await anext(source)
@@ -474,9 +479,6 @@ class Judge:
                         exhausted = True
                         break
                     pending.append(await self._start(content, len(pending) + budget.done, lookup))
-                    for task in pending[-1].tasks:
-                        running.add(task)
-                        task.add_done_callback(running.discard)
                 if not pending:
                     return
                 if not all(task.done() for task in pending[0].tasks):
