@@ -8,6 +8,7 @@ an error or an abstention. Every request body is kept in `FaultServer.requests`.
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import struct
 import threading
@@ -160,7 +161,6 @@ class FaultServer:
         """Answers a hostile or broken server could give (`gpt-oss-hostile:<how>`): label
         logprobs that are NaN, infinite, huge or text; content as a list of parts; usage
         counts that are words. Sent as raw JSON (NaN and Infinity included)."""
-        import json
         import math
 
         how = model.split(":")[1]
@@ -191,6 +191,25 @@ class FaultServer:
         """A server that takes 200 ms per request and runs any number of them at once."""
         await asyncio.sleep(0.2)
         return JSONResponse(_completion(model, _message(ANSWER, reasoning=REASONING)))
+
+    async def s_keyword(self, model: str, n: int, body: dict[str, Any]) -> Response:
+        """Answers by content: a violation when the user turn mentions a prize, else none
+        (`gpt-oss-keyword:MS` waits MS milliseconds first)."""
+        _, _, delay = model.partition(":")
+        if delay:
+            await asyncio.sleep(int(delay) / 1000)
+        users = [m.get("content") for m in body.get("messages", []) if m.get("role") == "user"]
+        hit = "prize" in str(users[-1] if users else "").lower()
+        answer = json.dumps(
+            {
+                "violation": int(hit),
+                "policy_category": "SP3" if hit else None,
+                "rule_ids": ["SP3.a"] if hit else [],
+                "confidence": "high",
+                "rationale": "Prize lure." if hit else "Ordinary message.",
+            }
+        )
+        return JSONResponse(_completion(model, _message(answer, reasoning=REASONING)))
 
     # -- failures --------------------------------------------------------------------------
 

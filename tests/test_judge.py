@@ -280,3 +280,28 @@ def test_a_combined_call_is_recorded_in_one_transaction(tmp_path):
     rows = sorted(store.decisions(), key=lambda r: r.seq)
     assert [r.decision.id for r in rows] == [d.id for d in judgement.decisions]
     assert rows[1].seq == rows[0].seq + 1
+
+
+def test_share_identical_judges_content_in_flight_once(spam):
+    backend = MockBackend(script=[score(0.9), score(0.1)], cycle=True, delay_s=0.02)
+    judge = Judge(spam, backend, mode="score")
+    texts = ["same words", "other words", "same words", "same words"]
+    shared = asyncio.run(judge_all(judge, texts, share_identical=True))
+    assert len(backend.prompts) == 2  # one call per distinct content
+    assert [j.cached for j in shared] == [(False,), (False,), (True,), (True,)]
+    first = shared[0].decisions[0]
+    assert shared[2].decisions[0] is first and shared[3].decisions[0] is first
+    assert [j.index for j in shared] == [0, 1, 2, 3]
+    assert shared[3].item.text == "same words"
+
+    again = asyncio.run(judge_all(judge, texts))  # off by default: every item its own call
+    assert len(backend.prompts) == 6 and not any(j.cached[0] for j in again)
+
+
+def test_refused_makes_error_decisions_per_policy_without_a_call(spam, severity):
+    backend = MockBackend(script=[])
+    judge = Judge([spam, severity], backend, strategy="separate")
+    made = judge.refused(judge.item("x"), "row 3: not JSON")
+    assert [d.policy_id for d in made] == [spam.id, severity.id]
+    assert all(d.verdict.status is ParseStatus.ERROR and d.flagged is None for d in made)
+    assert all(d.error == "row 3: not JSON" for d in made) and backend.prompts == []

@@ -7,6 +7,7 @@ real PostgreSQL server (or a port with nothing on it), no mocks.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import socket
 import sqlite3
@@ -27,6 +28,7 @@ from magistrate.store import (
     Recorder,
     Store,
 )
+from magistrate.verdict import ParseStatus
 
 
 @pytest.fixture
@@ -195,3 +197,35 @@ def test_a_write_lock_held_past_the_timeout_is_unavailable(tmp_path, spam, monke
         other.execute("ROLLBACK")
         other.close()
         store.close()
+
+
+# -- the decision-log cache and grouped recording ----------------------------------------------
+
+
+def test_reusable_finds_matching_verdicts_by_item_and_a_jobs_own_decisions(store, spam):
+    from dataclasses import replace
+
+    from magistrate.decision import CacheKey
+    from magistrate.store import BufferedRecorder
+
+    key = CacheKey(spam.hash, "llamacpp/test-model", "medium", "score", {"max_tokens": 1,
+                   "temperature": 0.0, "constrained": True})  # fmt: skip
+    good, item = make_decision(spam, "first text")
+    other_options, _ = make_decision(spam, "second text")
+    other_options = replace(other_options, options={"max_tokens": 2})
+    failed, failed_item = make_decision(spam, "third text", status=ParseStatus.ERROR)
+    store.record(good, policy=spam, content=item.text)
+    store.record(other_options, policy=spam)
+    recorder = BufferedRecorder(store, run_id="01JOBJOBJOBJOBJOBJOBJOBJOB", flush_every=100)
+    asyncio.run(recorder.arecord_all([(failed, spam)], failed_item))
+    assert store.count() == 2  # kept in memory until flushed
+    assert asyncio.run(recorder.aflush()) == 1 and store.count() == 3
+
+    hashes = [item.hash, other_options.item_hash, failed.item_hash, "f" * 64]
+    (found,) = store.log.reusable([key], hashes)
+    assert list(found) == [item.hash]  # other options and abstentions are not reused
+    assert found[item.hash].id == good.id
+    (own,) = store.log.reusable([key], hashes, run_id="01JOBJOBJOBJOBJOBJOBJOBJOB")
+    assert list(own) == [failed.item_hash]  # a job's own decisions, whatever their status
+    many = [f"{n:064x}" for n in range(1200)] + [item.hash]  # more than one IN group
+    assert list(store.log.reusable([key], many)[0]) == [item.hash]

@@ -14,7 +14,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
 from magistrate.completion import Usage
-from magistrate.verdict import Verdict
+from magistrate.verdict import Verdict, probability_problem
 
 if TYPE_CHECKING:
     from magistrate.item import Item
@@ -158,3 +158,38 @@ class Recorder(Protocol):
             StoreError: The decisions were made but not recorded (the message names them).
         """
         ...
+
+
+@dataclass(frozen=True)
+class CacheKey:
+    """What a recorded decision must match to stand in for a new call under one policy.
+
+    The decision-log cache (eval runs, batch jobs) reuses a recorded verdict only when it was
+    made under the same policy text, backend, effort and mode, with the same options
+    (`Judge.decision_options`). Whether the answer needed the constrained-decoding fallback
+    does not matter: that is how the verdict was reached, not what was asked.
+    """
+
+    policy_hash: str
+    backend: str
+    effort: str
+    mode: str
+    options: Mapping[str, Any]
+
+    def matches(self, decision: Decision) -> bool:
+        """True when `decision` answers the same question with a usable verdict."""
+        if (decision.policy_hash, decision.backend, decision.effort, decision.mode) != (
+            self.policy_hash,
+            self.backend,
+            self.effort,
+            self.mode,
+        ):
+            return False
+        probs = decision.verdict.label_probs
+        if probs and probability_problem(probs) is not None:
+            return False  # recorded before invalid probabilities became abstentions
+        return _asked(decision.options) == _asked(self.options)
+
+
+def _asked(options: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in options.items() if k != "constrained"}

@@ -45,7 +45,7 @@ from typing import Any, TypeVar
 
 from magistrate.backends import DEFAULT_MODEL, Backend, get_backend
 from magistrate.completion import Completion, CompletionOptions, Usage
-from magistrate.decision import Decision, OnAbstain, Recorder, any_of
+from magistrate.decision import CacheKey, Decision, OnAbstain, Recorder, any_of
 from magistrate.errors import (
     BackendError,
     BackendTimeout,
@@ -170,15 +170,18 @@ class _Pending:
     cached: Cached
     calls: tuple[_Call, ...]
     tasks: tuple[asyncio.Task[tuple[Decision, ...]], ...]
+    shared: bool = False
+    """The tasks belong to an earlier item with the same content (`share_identical`)."""
 
     def judgement(self) -> Judgement:
-        """Cached decisions where a call was not needed, the calls' decisions elsewhere."""
+        """Cached decisions where a call was not needed, the calls' decisions elsewhere
+        (counted as cached when they were shared with an identical earlier item)."""
         decisions: list[Decision | None] = list(self.cached)
         from_cache = [d is not None for d in decisions]
         for call, task in zip(self.calls, self.tasks, strict=True):
             for position, decision in zip(call.positions, task.result(), strict=True):
                 decisions[position] = decision
-                from_cache[position] = False
+                from_cache[position] = self.shared
         made = tuple(d for d in decisions if d is not None)
         assert len(made) == len(decisions)
         return Judgement(self.item, made, tuple(from_cache), self.index)
@@ -225,7 +228,8 @@ class _Clock:
 
 
 def _in_flight(pending: Iterable[_Pending]) -> int:
-    return sum(1 for p in pending for task in p.tasks if not task.done())
+    # A set: items sharing an identical earlier item's calls do not count them twice.
+    return len({task for p in pending for task in p.tasks if not task.done()})
 
 
 def _raise_first_failure(done: Iterable[asyncio.Task[tuple[Decision, ...]]]) -> None:
@@ -409,6 +413,19 @@ class Judge:
         out["on_abstain"] = self.on_abstain.value
         return out
 
+    def cache_keys(self) -> tuple[CacheKey, ...]:
+        """Per policy, what a recorded decision must match to be reused for it."""
+        return tuple(
+            CacheKey(
+                policy_hash=p.hash,
+                backend=self.backend.name,
+                effort=self.effort.value,
+                mode=self.mode.value,
+                options=self.decision_options(None if self.combined else p),
+            )
+            for p in self.policies
+        )
+
     # -- judging -------------------------------------------------------------------------------
 
     async def judge(self, content: Content, *, id: str | None = None) -> Judgement:
@@ -427,6 +444,7 @@ class Judge:
         lookup: Lookup | None = None,
         max_errors: float | None = None,
         on_result: Callable[[Judgement], None] | None = None,
+        share_identical: bool = False,
     ) -> AsyncIterator[Judgement]:
         """Judge a stream of items, yielding one `Judgement` per item in input order.
 
@@ -442,6 +460,10 @@ class Judge:
             max_errors: Error budget: stop when more items than this got no verdict, a count
                 (>= 1) or a fraction of the items done (< 1, checked from 20 items on).
             on_result: Called with each judgement just before it is yielded.
+            share_identical: An item whose content is identical to an item still in flight
+                (same hash, same calls needed) waits for that item's calls instead of
+                making its own: identical content is judged once, and the later item's
+                decisions count as cached (they are the earlier item's decisions).
 
         Cancellation: when the consumer stops iterating (closes the generator, e.g. with
         `contextlib.aclosing`), or an error stops the run (a bad item: `InputError`; a
@@ -478,7 +500,9 @@ class Judge:
                     except StopAsyncIteration:
                         exhausted = True
                         break
-                    pending.append(await self._start(content, len(pending) + budget.done, lookup))
+                    index = len(pending) + budget.done
+                    started = await self._start(content, index, lookup, pending, share_identical)
+                    pending.append(started)
                 if not pending:
                     return
                 if not all(task.done() for task in pending[0].tasks):
@@ -497,13 +521,25 @@ class Judge:
                 task.cancel()
             await asyncio.gather(*stranded, return_exceptions=True)
 
-    async def _start(self, content: Content, index: int, lookup: Lookup | None) -> _Pending:
-        """Check an item, consult the cache, and start the calls its misses need."""
+    async def _start(
+        self,
+        content: Content,
+        index: int,
+        lookup: Lookup | None,
+        pending: Iterable[_Pending] = (),
+        share_identical: bool = False,
+    ) -> _Pending:
+        """Check an item, consult the cache, and start the calls its misses need (or, with
+        `share_identical`, take those of an identical item in `pending`)."""
         item = self.item(content)
         cached = await self._cached(item, lookup)
-        calls = self._needed(cached)
-        tasks = [asyncio.create_task(self._call(call, item)) for call in calls]
-        return _Pending(item, index, cached, tuple(calls), tuple(tasks))
+        calls = tuple(self._needed(cached))
+        if share_identical and calls:
+            for twin in pending:
+                if twin.item.hash == item.hash and twin.calls == calls:
+                    return _Pending(item, index, cached, calls, twin.tasks, shared=True)
+        tasks = tuple(asyncio.create_task(self._call(call, item)) for call in calls)
+        return _Pending(item, index, cached, calls, tasks)
 
     def calls_needed(self, cached: Cached | None = None) -> int:
         """How many backend calls an item needs, given what the cache holds for it."""
@@ -522,6 +558,19 @@ class Judge:
                 f"{len(self.policies)} policies; answer one per policy (None for a miss)."
             )
         return tuple(found)
+
+    def refused(self, item: Item, reason: str) -> tuple[Decision, ...]:
+        """Error decisions, one per policy, for an item that was never sent (bad input a
+        batch job keeps going past). A lookup may answer them so no call is made; they are
+        not recorded."""
+        error = failed(ParseStatus.ERROR, detail=reason)
+        made: list[Decision | None] = [None] * len(self.policies)
+        for call in self._calls:
+            verdicts = [error] * len(call.policies)
+            decisions = self._decisions(call, item, verdicts, 0.0, False, error=reason)
+            for position, d in zip(call.positions, decisions, strict=True):
+                made[position] = d
+        return tuple(d for d in made if d is not None)
 
     async def _call(self, call: _Call, item: Item) -> tuple[Decision, ...]:
         """One backend call (with its constrained retry) -> one decision per policy, recorded.

@@ -21,6 +21,10 @@ from magistrate.cli.options import (
     DatabaseOption,
     EffortOption,
     EndpointOption,
+    FallbackOption,
+    LogContentOption,
+    LogOption,
+    MaxCharsOption,
     ModelOption,
     ModeOption,
     OnAbstainOption,
@@ -55,21 +59,6 @@ FileOption = Annotated[
         "-f",
         help="Many items: a .jsonl file ({'text', 'id', 'label'} per line) or a text file "
         "with one item per line.",
-    ),
-]
-MaxCharsOption = Annotated[int, typer.Option(min=1, help="Size limit for one item, in characters.")]
-FallbackOption = Annotated[
-    bool, typer.Option(help="Retry with constrained decoding when an answer does not parse.")
-]
-LogOption = Annotated[
-    bool, typer.Option(envvar="MAGISTRATE_LOG", help="Record every decision in the decision log.")
-]
-LogContentOption = Annotated[
-    bool,
-    typer.Option(
-        "--log-content/--redact",
-        envvar="MAGISTRATE_LOG_CONTENT",
-        help="Keep the content in the log, or only its SHA-256.",
     ),
 ]
 

@@ -17,12 +17,16 @@ from magistrate.backends import DEFAULT_MODEL, Backend, backend_for
 from magistrate.cli.app import app, err_console, out_console
 from magistrate.cli.options import (
     BaseUrlOption,
+    CacheOption,
     CalibrateOption,
     DatabaseOption,
     EffortOption,
     EndpointOption,
+    IdColOption,
+    MaxErrorsOption,
     ModelOption,
     ModeOption,
+    TextColOption,
     TimeoutOption,
 )
 from magistrate.decision import Decision, OnAbstain
@@ -105,7 +109,6 @@ DataDirOption = Annotated[
     Path | None,
     typer.Option(envvar=DATA_DIR_ENV, help="Folder holding the built-in datasets."),
 ]
-TextColOption = Annotated[str | None, typer.Option(help="Column with the text (files).")]
 LabelColOption = Annotated[
     list[str] | None,
     typer.Option(
@@ -113,7 +116,6 @@ LabelColOption = Annotated[
         "policy judged (the first is the single-policy gold).",
     ),
 ]
-IdColOption = Annotated[str | None, typer.Option(help="Column with the item id.")]
 PositiveOption = Annotated[
     list[str] | None,
     typer.Option(help="A label value that means violating (repeat for several)."),
@@ -140,17 +142,12 @@ SampleOption = Annotated[
     int | None, typer.Option(min=1, help="A stratified random sample of N items.")
 ]
 SeedOption = Annotated[int, typer.Option(help="Seed for --sample and the threshold split.")]
-MaxErrorsOption = Annotated[
-    float | None,
-    typer.Option(help="Abort past this many items without a verdict (N, or a fraction < 1)."),
-]
 ThresholdSplitOption = Annotated[
     float | None,
     typer.Option(
         min=0.05, max=0.95, help="Choose the threshold on this fraction, report on the rest."
     ),
 ]
-CacheOption = Annotated[bool, typer.Option(help="Reuse verdicts already in the decision log.")]
 EvalOnAbstainOption = Annotated[
     OnAbstain,
     typer.Option(

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from magistrate.decision import OnAbstain
+from magistrate.engine import Strategy
 from magistrate.prompt import Effort, Mode
 from magistrate.store import DATABASE_ENV
 
@@ -55,5 +56,33 @@ OnAbstainOption = Annotated[
         envvar="MAGISTRATE_ON_ABSTAIN",
         help="What an item without a verdict means: error (exit 3), fail-closed (flag it) "
         "or fail-open (allow it); the abstention and its reason are recorded either way.",
+    ),
+]
+MaxCharsOption = Annotated[int, typer.Option(min=1, help="Size limit for one item, in characters.")]
+FallbackOption = Annotated[
+    bool, typer.Option(help="Retry with constrained decoding when an answer does not parse.")
+]
+LogOption = Annotated[
+    bool, typer.Option(envvar="MAGISTRATE_LOG", help="Record every decision in the decision log.")
+]
+LogContentOption = Annotated[
+    bool,
+    typer.Option(
+        "--log-content/--redact",
+        envvar="MAGISTRATE_LOG_CONTENT",
+        help="Keep the content in the log, or only its SHA-256.",
+    ),
+]
+TextColOption = Annotated[str | None, typer.Option(help="Column with the text (files).")]
+IdColOption = Annotated[str | None, typer.Option(help="Column with the item id.")]
+MaxErrorsOption = Annotated[
+    float | None,
+    typer.Option(help="Abort past this many items without a verdict (N, or a fraction < 1)."),
+]
+CacheOption = Annotated[bool, typer.Option(help="Reuse verdicts already in the decision log.")]
+StrategyOption = Annotated[
+    Strategy,
+    typer.Option(
+        help="Several policies: one prompt for all (combined) or one call per policy (separate).",
     ),
 ]

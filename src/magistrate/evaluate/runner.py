@@ -66,8 +66,7 @@ from magistrate.evaluate.report import (
 from magistrate.ids import new_ulid
 from magistrate.item import Item
 from magistrate.policy import Policy, bundle_hash
-from magistrate.store import DecisionFilter, Recorder, Store
-from magistrate.verdict import probability_problem
+from magistrate.store import Recorder, Store
 
 _M = TypeVar("_M", ScoreMetrics, Reliability)
 
@@ -244,10 +243,10 @@ async def _judge_examples(
 ) -> _Pass:
     """One pass of `judge` over the examples through `judge_many`, cached and recorded."""
     run_id = new_ulid()
-    lookup = _lookup(store, judge) if store is not None and use_cache else None
+    items = [Item.of(e.text, id=e.id, max_chars=max(judge.max_chars, 1)) for e in examples]
+    lookup = _lookup(store, judge, items) if store is not None and use_cache else None
     if store is not None:
         judge.recorder = Recorder(store, run_id=run_id)
-    items = (Item.of(e.text, id=e.id, max_chars=max(judge.max_chars, 1)) for e in examples)
     started = time.perf_counter()
     judgements = await judge_all(
         judge, items, lookup=lookup, max_errors=max_errors, on_result=on_result
@@ -256,12 +255,9 @@ async def _judge_examples(
     return _Pass(judge, run_id, rows, time.perf_counter() - started)
 
 
-def _lookup(store: Store, judge: Judge) -> Lookup:
+def _lookup(store: Store, judge: Judge, items: Sequence[Item]) -> Lookup:
     """The decision-log cache for one judge: recorded verdicts per policy, by item hash."""
-    found = [
-        _recorded(store, p.hash, judge, judge.decision_options(None if judge.combined else p))
-        for p in judge.policies
-    ]
+    found = store.log.reusable(judge.cache_keys(), (item.hash for item in items))
 
     async def lookup(item: Item) -> list[Decision | None] | None:
         hits = [by_item.get(item.hash) for by_item in found]
@@ -412,33 +408,6 @@ def _multi_of(run: EvalRun) -> MultiEvalResult:
 
 def _deprecated(old: str, new: str) -> None:
     warnings.warn(f"{old} is deprecated; use {new}.", DeprecationWarning, stacklevel=3)
-
-
-def _recorded(
-    store: Store, policy_hash: str, judge: Judge, wanted: Mapping[str, object]
-) -> dict[str, Decision]:
-    """Recorded verdicts under one policy text whose options match `wanted`, by item hash.
-
-    Whether the answer needed the constrained-decoding fallback does not matter: that is
-    part of how the verdict was reached, not of what was asked.
-    """
-    where = DecisionFilter(
-        policy_hash=policy_hash,
-        backend=judge.backend.name,
-        effort=judge.effort.value,
-        mode=judge.mode.value,
-        ok=True,
-    )
-    want = {k: v for k, v in wanted.items() if k != "constrained"}
-    found: dict[str, Decision] = {}
-    for stored in store.iter_decisions(where):
-        d = stored.decision
-        probs = d.verdict.label_probs
-        if probs and probability_problem(probs) is not None:
-            continue  # recorded before invalid probabilities became abstentions: judge again
-        if {k: v for k, v in d.options.items() if k != "constrained"} == want:
-            found[d.item_hash] = d  # oldest first, so the newest wins
-    return found
 
 
 _INTERVALS = (("f1", m.f1_of), ("precision", m.precision_of), ("recall", m.recall_of))

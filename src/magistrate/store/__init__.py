@@ -106,6 +106,58 @@ class Recorder:
         return await asyncio.to_thread(self.record_all, decisions, item)
 
 
+class BufferedRecorder(Recorder):
+    """A `Recorder` that writes in groups, for jobs that make decisions by the thousand.
+
+    `arecord_all` keeps a call's decisions in memory (returning no positions yet) and writes
+    everything kept in one transaction once `flush_every` calls are waiting, or when the
+    caller says `aflush()`. A call's decisions are always written together. A batch job
+    flushes before it commits output rows, so a decision is in the log before any output
+    row shows it; decisions still in memory when the process dies are simply not in the log
+    (their items were not committed either, and are judged again on resume).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        keep_content: bool = True,
+        run_id: str | None = None,
+        flush_every: int = 512,
+    ) -> None:
+        super().__init__(store, keep_content=keep_content, run_id=run_id)
+        self.flush_every = flush_every
+        self._kept: list[Entry] = []
+        self._calls = 0
+        self._lock = asyncio.Lock()
+
+    async def arecord_all(
+        self, decisions: Sequence[tuple[Decision, Policy]], item: Item
+    ) -> list[int]:
+        content = item.text if self.keep_content else None
+        self._kept.extend((decision, policy, content) for decision, policy in decisions)
+        self._calls += 1
+        if self._calls >= self.flush_every:
+            await self.aflush()
+        return []
+
+    async def aflush(self) -> int:
+        """Write every kept decision in one transaction; returns how many were written.
+
+        Raises:
+            StoreError: They were made but not recorded (the message says how many).
+        """
+        async with self._lock:
+            kept, self._kept, self._calls = self._kept, [], 0
+            if not kept:
+                return 0
+            try:
+                await asyncio.to_thread(self.store.record_many, kept, run_id=self.run_id)
+            except StoreError as exc:
+                raise type(exc)(f"{len(kept)} decisions were made but NOT recorded. {exc}") from exc
+            return len(kept)
+
+
 def _outcome(decision: Decision) -> str:
     return str(decision.verdict.label) if decision.ok else decision.verdict.status.value
 
@@ -115,6 +167,7 @@ __all__ = [
     "GENESIS",
     "ApiKey",
     "ApiKeys",
+    "BufferedRecorder",
     "Database",
     "DecisionFilter",
     "DecisionLog",

@@ -23,7 +23,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from magistrate.decision import Decision
+from magistrate.decision import CacheKey, Decision
 from magistrate.errors import InputError, NotFound
 from magistrate.policy import Policy
 from magistrate.store.database import Database, refuse_nul
@@ -219,6 +219,49 @@ class DecisionLog:
             yield from rows
             last = rows[-1]["seq"]
 
+    def reusable(
+        self,
+        keys: Sequence[CacheKey],
+        item_hashes: Iterable[str] | None = None,
+        *,
+        run_id: str | None = None,
+    ) -> list[dict[str, Decision]]:
+        """The decision-log cache: per key (one per policy of a judge), the newest recorded
+        decision that key's `matches` accepts, by item hash.
+
+        Args:
+            keys: What each policy's decisions must match (`Judge.cache_keys()`).
+            item_hashes: Only these items (queried in groups); None: every item.
+            run_id: Only the decisions of this run or batch job, whatever their status
+                (a job's own decisions, errors included, are never made twice); None: any
+                run, verdicts only.
+        """
+        found: list[dict[str, Decision]] = [{} for _ in keys]
+        if not keys:
+            return found
+        d = self.db.tables["decisions"]
+        query = sa.select(d).where(d.c.policy_hash.in_({k.policy_hash for k in keys}))
+        if run_id is not None:
+            query = query.where(d.c.run_id == run_id)
+        else:
+            query = query.where(d.c.status == "ok")
+            for name in ("backend", "effort", "mode"):
+                values = {getattr(k, name) for k in keys}
+                if len(values) == 1:  # one judge's keys: narrow the query by index
+                    query = query.where(d.c[name] == values.pop())
+        for chunk in _chunks(item_hashes):
+            q = query if chunk is None else query.where(d.c.item_hash.in_(chunk))
+            with self.db.read() as conn:
+                rows = [dict(row._mapping) for row in conn.execute(q.order_by(d.c.seq))]
+            for row in rows:  # oldest first, so the newest wins
+                decision = stored_decision(row).decision
+                for key, by_item in zip(keys, found, strict=True):
+                    if (run_id is not None and key.policy_hash == decision.policy_hash) or (
+                        key.matches(decision)
+                    ):
+                        by_item[decision.item_hash] = decision
+        return found
+
     def count(self, where: DecisionFilter | None = None, **filters: Any) -> int:
         """How many decisions match."""
         query = self._select(where or DecisionFilter(**filters)).subquery()
@@ -308,6 +351,21 @@ class DecisionLog:
                     )
                 hashes.add(policy.hash)
         return None
+
+
+def _chunks(values: Iterable[str] | None, size: int = 500) -> Iterator[list[str] | None]:
+    """Groups of at most `size` distinct values for an IN clause; one None for "all"."""
+    if values is None:
+        yield None
+        return
+    chunk: list[str] = []
+    for value in dict.fromkeys(values):
+        chunk.append(value)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def _chain(batch: Sequence[Entry], seq: int, prev: str, run_id: str | None) -> list[dict[str, Any]]:

@@ -1,0 +1,439 @@
+"""A batch job: a streamed input judged through `Judge.judge_many`, exactly once, resumable.
+
+How exactly-once holds (see docs/batch.md for the whole story):
+- Output rows are committed in parts. A part is written whole and renamed into place, then
+  the manifest is replaced whole with the part added and the count of input rows it covers
+  (and a running hash of their ids and contents). Whatever the moment of a crash, the
+  manifest names exactly the committed parts; files it does not name are removed on resume,
+  and the input is read again from the first uncommitted row (the hash must match, or the
+  input changed and the job refuses to continue).
+- Decisions reach the log before the output rows that show them (`BufferedRecorder.aflush`
+  runs before each part is written), tagged with the job's `run_id`. On resume the job looks
+  up its own decisions by item hash first: an item decided before the crash but not yet
+  committed is answered from the log, never judged a second time.
+- Identical content inside a job is judged once: an item identical to one in flight shares
+  its call (`share_identical`), one judged earlier is answered from a memo or the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from collections import OrderedDict, deque
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from itertools import islice
+from pathlib import Path
+from typing import Any, cast
+
+from magistrate.batch.inputs import (
+    Columns,
+    Row,
+    Source,
+    check_columns,
+    count_rows,
+    input_hash,
+    read_rows,
+)
+from magistrate.batch.manifest import (
+    MAX_FAILURES_KEPT,
+    Counts,
+    Failure,
+    JobSpec,
+    Manifest,
+    Part,
+    load_manifest,
+    manifest_path,
+    parts_dir,
+    save_manifest,
+)
+from magistrate.batch.output import (
+    INVALID_INPUT,
+    assemble,
+    decision_row,
+    invalid_row,
+    output_format,
+    write_part,
+)
+from magistrate.decision import Decision
+from magistrate.engine import Judge, Judgement
+from magistrate.errors import ConfigError, InputError
+from magistrate.ids import new_ulid
+from magistrate.item import Item
+from magistrate.store import BufferedRecorder, Store
+
+LOOKUP_CHUNK = 256
+"""Input rows read, and looked up in the decision log in one query, at a time."""
+MEMO_SIZE = 4096
+"""Recent contents whose decisions a job keeps in memory for identical later rows."""
+
+Progress = Callable[[int, int | None], None]
+"""Called with (input rows done, input rows in all or None) as rows complete."""
+
+
+class _Refused(Item):
+    """A row that cannot be judged, carried through the fan-out in its place so that output
+    stays in input order; the lookup answers it, so no call is ever made for it."""
+
+
+@dataclass
+class _Open:
+    """What the current, not yet committed part holds."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    rows_in: int = 0
+    first_row: int = 0
+    input_hash: str = ""
+    counts: Counts = field(default_factory=Counts)
+    failures: list[Failure] = field(default_factory=list)
+    kinds: dict[str, int] = field(default_factory=dict)
+    since: float = field(default_factory=time.monotonic)
+
+
+class BatchJob:
+    """One batch job over `sources`, written to `output`, judged by `judge`.
+
+    Args:
+        sources: The inputs (`expand_inputs`).
+        output: The output file, `.parquet` or `.jsonl`; the manifest and the part folder
+            live beside it.
+        judge: The judge to run; the job sets its recorder.
+        spec: The job's identity (`JobSpec`).
+        store: The decision log, or None to record nothing (then a resumed job judges
+            again what was decided but not committed).
+        name: The job's name (--job); default the spec hash's first 16 hex digits.
+        columns: Where the content and id are in each row.
+        use_cache: Reuse verdicts from the decision log made under the same policy text,
+            model and options (the job's own decisions are always reused).
+        keep_content: Store content in the log (False: only its hash).
+        restart: Discard a previous job at this output (its manifest, parts and output).
+        part_rows: Input rows per committed part at most.
+        part_seconds: Commit at least this often while rows are coming.
+        max_errors: The engine's error budget (items without a verdict).
+    """
+
+    def __init__(
+        self,
+        sources: list[Source],
+        output: Path,
+        judge: Judge,
+        spec: JobSpec,
+        *,
+        store: Store | None = None,
+        name: str | None = None,
+        columns: Columns | None = None,
+        use_cache: bool = True,
+        keep_content: bool = True,
+        restart: bool = False,
+        part_rows: int = 2000,
+        part_seconds: float = 10.0,
+        max_errors: float | None = None,
+    ) -> None:
+        self.sources = sources
+        self.output = output
+        self.format = output_format(output)
+        self.judge = judge
+        self.spec = spec
+        self.store = store
+        self.name = name or spec.hash()[:16]
+        self.columns = columns or Columns()
+        self.use_cache = use_cache
+        self.keep_content = keep_content
+        self.restart = restart
+        self.part_rows = max(1, part_rows)
+        self.part_seconds = part_seconds
+        self.max_errors = max_errors
+        self.manifest_file = manifest_path(output)
+        self.parts = parts_dir(output)
+
+    # -- the manifest --------------------------------------------------------------------
+
+    def prepare(self) -> Manifest:
+        """The job's manifest: the previous one when this is the same job, a new one
+        otherwise; stray part files (written but never committed) are removed.
+
+        Raises:
+            ConfigError: A file's first row has no content column (or no --id-col column);
+                the output belongs to another job (other inputs, policies, model or
+                options), or is a file no job wrote (pass --restart to discard it).
+        """
+        check_columns(self.sources, self.columns)
+        if self.restart:
+            self._discard()
+        found = load_manifest(self.manifest_file)
+        if found is None:
+            if self.output.exists():
+                raise ConfigError(
+                    f"{self.output} exists and no batch job manifest describes it. Choose "
+                    "another output, or pass --restart to replace it."
+                )
+            return self._new_manifest()
+        if found.job != self.name or found.spec_hash != self.spec.hash():
+            changed = ", ".join(found.spec.differences(self.spec)) or "its name"
+            raise ConfigError(
+                f"{self.output} belongs to job {found.job!r} ({found.rows_committed:,} rows "
+                f"done, {found.state}), which differs from this one in: {changed}. A changed "
+                "input, policy, model or option is a new job: write it to another output, "
+                "or pass --restart to discard the old job's results."
+            )
+        self._remove_strays(found)
+        return found
+
+    def _new_manifest(self) -> Manifest:
+        now = datetime.now(UTC)
+        manifest = Manifest(
+            job=self.name,
+            spec_hash=self.spec.hash(),
+            spec=self.spec,
+            run_id=new_ulid(),
+            output=str(self.output),
+            output_format=self.format,
+            created_at=now,
+            updated_at=now,
+            database=self.store.location if self.store is not None else None,
+        )
+        self.output.parent.mkdir(parents=True, exist_ok=True)
+        save_manifest(manifest, self.manifest_file)
+        return manifest
+
+    def _discard(self) -> None:
+        shutil.rmtree(self.parts, ignore_errors=True)
+        for path in (self.manifest_file, self.output):
+            path.unlink(missing_ok=True)
+
+    def _remove_strays(self, manifest: Manifest) -> None:
+        if manifest.state == "done":
+            shutil.rmtree(self.parts, ignore_errors=True)
+            return
+        if not self.parts.is_dir():
+            return
+        kept = {p.name for p in manifest.parts}
+        for path in self.parts.iterdir():
+            if path.name not in kept:
+                path.unlink()
+        missing = [p.name for p in manifest.parts if not (self.parts / p.name).is_file()]
+        if missing:
+            raise ConfigError(
+                f"Committed part {missing[0]} of job {manifest.job!r} is missing from "
+                f"{self.parts}; its rows cannot be recovered. Pass --restart to start over."
+            )
+
+    # -- running -------------------------------------------------------------------------
+
+    async def run(self, on_progress: Progress | None = None) -> Manifest:
+        """Run (or resume) the job to the end; returns the final manifest.
+
+        Raises:
+            ConfigError: See `prepare`.
+            InputError: The input changed since the job started (its committed rows no
+                longer match), or a file cannot be read.
+            StoreError: Decisions could not be recorded; committed rows stay committed and
+                the same command resumes.
+            ErrorBudgetExceeded: Past `max_errors`; resumable the same way.
+        """
+        manifest = self.prepare()
+        if manifest.state == "done":
+            return manifest
+        manifest.attempts += 1
+        manifest.state, manifest.error = "running", None
+        if manifest.rows_total is None:
+            manifest.rows_total = await asyncio.to_thread(self._count_rows)
+        save_manifest(manifest, self.manifest_file)
+        started = time.monotonic()
+        try:
+            await _Run(self, manifest, on_progress).go()
+        except BaseException as exc:
+            manifest.elapsed_s += time.monotonic() - started
+            manifest.error = f"{type(exc).__name__}: {exc}"
+            if not isinstance(exc, asyncio.CancelledError | KeyboardInterrupt):
+                manifest.state = "failed"
+            save_manifest(manifest, self.manifest_file)
+            raise
+        manifest.elapsed_s += time.monotonic() - started
+        self._finish(manifest)
+        return manifest
+
+    def _count_rows(self) -> int | None:
+        total = 0
+        for source in self.sources:
+            n = count_rows(source)
+            if n is None:
+                return None
+            total += n
+        return total
+
+    def _finish(self, manifest: Manifest) -> None:
+        assemble((self.parts / p.name for p in manifest.parts), self.output, self.format)
+        manifest.state = "done"
+        manifest.finished_at = datetime.now(UTC)
+        manifest.rows_total = manifest.rows_committed
+        save_manifest(manifest, self.manifest_file)
+        shutil.rmtree(self.parts, ignore_errors=True)
+
+
+class _Run:
+    """One attempt at a job: skip the committed rows, judge the rest, commit in parts."""
+
+    def __init__(self, job: BatchJob, manifest: Manifest, on_progress: Progress | None) -> None:
+        self.job = job
+        self.judge = job.judge
+        self.manifest = manifest
+        self.on_progress = on_progress
+        self.recorder: BufferedRecorder | None = None
+        if job.store is not None:
+            self.recorder = BufferedRecorder(
+                job.store, keep_content=job.keep_content, run_id=manifest.run_id
+            )
+        self.judge.recorder = self.recorder
+        self.rows: deque[Row] = deque()
+        self.found: list[dict[str, Decision]] = [{} for _ in self.judge.policies]
+        self.memo: OrderedDict[str, tuple[Decision, ...]] = OrderedDict()
+        self.open = _Open(first_row=manifest.rows_committed, input_hash=manifest.input_hash)
+
+    async def go(self) -> None:
+        rows = read_rows(self.job.sources, self.job.columns, max_chars=self.judge.max_chars)
+        await asyncio.to_thread(self._skip_committed, rows)
+        stream = self.judge.judge_many(
+            self._feed(rows),
+            lookup=self._lookup,
+            max_errors=self.job.max_errors,
+            share_identical=True,
+        )
+        async with aclosing(cast("AsyncGenerator[Judgement, None]", stream)) as judgements:
+            async for judgement in judgements:
+                self._take(self.rows.popleft(), judgement)
+                if (
+                    self.open.rows_in >= self.job.part_rows
+                    or time.monotonic() - self.open.since >= self.job.part_seconds
+                ):
+                    await self._commit()
+        await self._commit()
+
+    def _skip_committed(self, rows: Iterator[Row]) -> None:
+        done = self.manifest.rows_committed
+        digest = ""
+        for row in islice(rows, done):
+            digest = input_hash(digest, row)
+        if digest != self.manifest.input_hash:
+            raise InputError(
+                f"The input of job {self.manifest.job!r} changed since it started: its first "
+                f"{done:,} rows no longer match what was committed. Restore the input, or "
+                "pass --restart to judge the new input from the beginning."
+            )
+        if self.on_progress is not None:
+            self.on_progress(done, self.manifest.rows_total)
+
+    async def _feed(self, rows: Iterator[Row]) -> AsyncIterator[Item]:
+        """The items for the fan-out, one per row, looked up in the log a chunk at a time."""
+        while chunk := await asyncio.to_thread(lambda: list(islice(rows, LOOKUP_CHUNK))):
+            await self._prefetch(chunk)
+            for row in chunk:
+                self.rows.append(row)
+                if row.item is not None:
+                    yield row.item
+                else:
+                    yield _Refused("", id=row.id, metadata={"problem": row.problem})
+
+    async def _prefetch(self, chunk: list[Row]) -> None:
+        store = self.job.store
+        if store is None:
+            return
+        hashes = [r.item.hash for r in chunk if r.item is not None]
+        keys = self.judge.cache_keys()
+
+        def query() -> list[dict[str, Decision]]:
+            own = store.log.reusable(keys, hashes, run_id=self.manifest.run_id)
+            if not self.job.use_cache:
+                return own
+            cached = store.log.reusable(keys, hashes)
+            return [{**c, **o} for c, o in zip(cached, own, strict=True)]
+
+        self.found = await asyncio.to_thread(query)
+
+    async def _lookup(self, item: Item) -> list[Decision | None] | None:
+        if isinstance(item, _Refused):
+            return list(self.judge.refused(item, str(item.metadata["problem"])))
+        memo = self.memo.get(item.hash)
+        if memo is not None:
+            return list(memo)
+        hits = [by_item.get(item.hash) for by_item in self.found]
+        return None if all(h is None for h in hits) else hits
+
+    def _take(self, row: Row, judgement: Judgement) -> None:
+        """Add a finished row's output rows and counts to the open part."""
+        part, counts = self.open, self.open.counts
+        if row.item is None:
+            part.rows.extend(invalid_row(row, p) for p in self.judge.policies)
+            counts.invalid += 1
+            counts.output_rows += len(self.judge.policies)
+            self._failure(row, None, INVALID_INPUT, row.problem)
+        else:
+            self.memo[row.item.hash] = judgement.decisions
+            self.memo.move_to_end(row.item.hash)
+            if len(self.memo) > MEMO_SIZE:
+                self.memo.popitem(last=False)
+            for decision, cached in zip(judgement.decisions, judgement.cached, strict=True):
+                part.rows.append(decision_row(row, decision, cached))
+                self._count_decision(row, decision, cached)
+            counts.flagged += 1 if judgement.flagged else 0
+            counts.violations += 1 if judgement.violation else 0
+            counts.no_verdict += 0 if judgement.ok else 1
+        counts.rows += 1
+        part.rows_in += 1
+        part.input_hash = input_hash(part.input_hash, row)
+        if self.on_progress is not None:
+            self.on_progress(self.manifest.rows_committed + part.rows_in, self.manifest.rows_total)
+
+    def _count_decision(self, row: Row, decision: Decision, cached: bool) -> None:
+        counts = self.open.counts
+        counts.output_rows += 1
+        if cached:
+            counts.decisions_cached += 1
+        else:
+            counts.decisions_made += 1
+            counts.prompt_tokens += decision.usage.prompt_tokens
+            counts.completion_tokens += decision.usage.completion_tokens
+        if not decision.ok:
+            v = decision.verdict
+            self._failure(row, decision.policy_id, v.status.value, v.detail or decision.error)
+
+    def _failure(self, row: Row, policy_id: str | None, status: str, reason: str | None) -> None:
+        part = self.open
+        part.kinds[status] = part.kinds.get(status, 0) + 1
+        if len(self.manifest.failures) + len(part.failures) < MAX_FAILURES_KEPT:
+            part.failures.append(Failure(
+                row=row.number, source=row.source, item_id=row.id,
+                policy_id=policy_id, status=status, reason=reason,
+            ))  # fmt: skip
+
+    async def _commit(self) -> None:
+        """Make the open part durable: decisions to the log, the part file, the manifest."""
+        part, manifest = self.open, self.manifest
+        if part.rows_in == 0:
+            return
+        if self.recorder is not None:
+            await self.recorder.aflush()
+        name = f"part-{len(manifest.parts) + 1:06d}.{self.job.format}"
+        self.job.parts.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(write_part, self.job.parts / name, part.rows, self.job.format)
+        manifest.parts.append(
+            Part(name=name, first_row=part.first_row, rows_in=part.rows_in, rows_out=len(part.rows))
+        )
+        manifest.rows_committed += part.rows_in
+        manifest.input_hash = part.input_hash
+        _add_counts(manifest.counts, part.counts)
+        manifest.failures.extend(part.failures)
+        for kind, n in part.kinds.items():
+            manifest.failure_kinds[kind] = manifest.failure_kinds.get(kind, 0) + n
+        await asyncio.to_thread(save_manifest, manifest, self.job.manifest_file)
+        self.open = _Open(first_row=manifest.rows_committed, input_hash=manifest.input_hash)
+        if self.on_progress is not None:
+            self.on_progress(manifest.rows_committed, manifest.rows_total)
+
+
+def _add_counts(total: Counts, more: Counts) -> None:
+    for name in Counts.model_fields:
+        setattr(total, name, getattr(total, name) + getattr(more, name))
