@@ -78,6 +78,7 @@ class FaultServer:
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
         self.hits: Counter[str] = Counter()
+        self.slots: dict[str, asyncio.Semaphore] = {}
         app = Starlette(routes=[Route("/v1/chat/completions", self.chat, methods=["POST"])])
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
@@ -194,9 +195,14 @@ class FaultServer:
 
     async def s_keyword(self, model: str, n: int, body: dict[str, Any]) -> Response:
         """Answers by content: a violation when the user turn mentions a prize, else none
-        (`gpt-oss-keyword:MS` waits MS milliseconds first)."""
-        _, _, delay = model.partition(":")
-        if delay:
+        (`gpt-oss-keyword:MS` takes MS milliseconds per request; `gpt-oss-keyword:MS:SLOTS`
+        also serves at most SLOTS requests at once, like a server with SLOTS batch slots)."""
+        _, delay, slots = (model.split(":") + ["", ""])[:3]
+        if slots:
+            gate = self.slots.setdefault(model, asyncio.Semaphore(int(slots)))
+            async with gate:
+                await asyncio.sleep(int(delay) / 1000)
+        elif delay:
             await asyncio.sleep(int(delay) / 1000)
         users = [m.get("content") for m in body.get("messages", []) if m.get("role") == "user"]
         hit = "prize" in str(users[-1] if users else "").lower()

@@ -272,7 +272,9 @@ def test_an_input_that_changed_under_an_unfinished_job_is_refused(tmp_path, serv
         if done == 12:
             raise KeyboardInterrupt
 
-    job = BatchJob(sources, tmp_path / "o.parquet", judge, spec, store=store, part_rows=5)
+    job = BatchJob(
+        sources, tmp_path / "o.parquet", judge, spec, store=store, part_rows=5, part_seconds=3600
+    )
     with pytest.raises(KeyboardInterrupt):
         asyncio.run(job.run(on_progress=stop_at_12))
     manifest = load_manifest(tmp_path / "o.parquet.manifest.json")

@@ -176,11 +176,11 @@ def read_rows(
     number = 0
     for source in sources:
         for line, record, problem in _records(source):
-            yield _row(number, source, line, record, problem, columns, max_chars)
+            yield make_row(number, source, line, record, problem, columns, max_chars)
             number += 1
 
 
-def _row(
+def make_row(
     number: int,
     source: Source,
     line: int,
@@ -189,16 +189,18 @@ def _row(
     columns: Columns,
     max_chars: int,
 ) -> Row:
+    """The row for one record of `source` (or its `problem`): checked item, id, or why it
+    cannot be judged. `line` is its position in the source (1-based)."""
     fallback_id = f"{source.name}:{line}"
+    where = f"{source.name} row {line}"
     if record is None:
-        return Row(number, source.path, line, fallback_id, None, problem)
+        return Row(number, source.path, line, fallback_id, None, f"{where}: {problem}")
     raw_id = record.get(columns.id) if columns.id else record.get("id")
     item_id = fallback_id if raw_id is None or raw_id == "" else str(raw_id)
-    where = f"{source.name} row {line}"
     try:
         if "\x00" in item_id:
             raise InputError("the id holds a NUL character (U+0000)")
-        content = record[_content_column(record, columns, source)]
+        content = record[_content_column(record, columns)]
         item = Item.of(_content(content, where), id=item_id, max_chars=max_chars)
     except InputError as exc:
         return Row(number, source.path, line, item_id, None, f"{where}: {exc}")
@@ -218,7 +220,7 @@ def _content(value: Any, where: str) -> str | list[Turn | Mapping[str, str]]:
     )
 
 
-def _content_column(record: Mapping[str, Any], columns: Columns, source: Source) -> str:
+def _content_column(record: Mapping[str, Any], columns: Columns) -> str:
     if columns.text is not None:
         if columns.text not in record:
             raise InputError(f"the row has no column {columns.text!r}")
@@ -236,16 +238,27 @@ _Record = tuple[int, Mapping[str, Any] | None, str | None]
 
 
 def _records(source: Source) -> Iterator[_Record]:
-    if source.format == "parquet":
-        yield from _parquet_records(source)
-        return
+    if source.format == "parquet" and source.path == STDIN:
+        raise InputError("Parquet cannot be streamed from stdin; give the file's path.")
     with _open_binary(source) as stream:
-        if source.format == "jsonl":
-            yield from _jsonl_records(stream, source)
-        elif source.format == "text":
-            yield from _text_records(stream)
-        else:
-            yield from _csv_records(stream, "\t" if source.format == "tsv" else ",")
+        yield from records(stream, source.format, where=source.path)
+
+
+def records(stream: IO[bytes], format: str, *, where: str = "input") -> Iterator[_Record]:
+    """(line, record, problem) for each row of a stream in `format`: the record as a
+    mapping, or None with the reason it cannot be read. Blank lines are skipped but counted.
+
+    Raises:
+        InputError: A Parquet stream cannot be opened at all (`where` names it).
+    """
+    if format == "parquet":
+        yield from _parquet_records(stream, where)
+    elif format == "jsonl":
+        yield from _jsonl_records(stream)
+    elif format == "text":
+        yield from _text_records(stream)
+    else:
+        yield from _csv_records(stream, "\t" if format == "tsv" else ",")
 
 
 def _open_binary(source: Source) -> AbstractContextManager[IO[bytes]]:
@@ -261,14 +274,14 @@ def _open_binary(source: Source) -> AbstractContextManager[IO[bytes]]:
 
 def _decoded(data: bytes, n: int) -> tuple[str | None, str | None]:
     if b"\x00" in data:
-        return None, f"line {n} holds NUL bytes (binary, not text)"
+        return None, "it holds NUL bytes (binary, not text)"
     try:
         return data.decode("utf-8-sig" if n == 1 else "utf-8"), None
     except UnicodeDecodeError as exc:
-        return None, f"line {n} is not valid UTF-8 (bad byte at offset {exc.start})"
+        return None, f"it is not valid UTF-8 (bad byte at offset {exc.start})"
 
 
-def _jsonl_records(stream: IO[bytes], source: Source) -> Iterator[_Record]:
+def _jsonl_records(stream: IO[bytes]) -> Iterator[_Record]:
     for n, data in enumerate(stream, 1):
         text, problem = _decoded(data, n)
         if text is not None and not text.strip():
@@ -277,13 +290,13 @@ def _jsonl_records(stream: IO[bytes], source: Source) -> Iterator[_Record]:
             try:
                 record = json.loads(text)
             except json.JSONDecodeError as exc:
-                problem = f"line {n} is not JSON ({exc.msg} at column {exc.colno})"
+                problem = f"it is not JSON ({exc.msg} at column {exc.colno})"
             else:
                 if isinstance(record, dict):
                     yield n, record, None
                     continue
-                problem = f"line {n} is a JSON {type(record).__name__}, not an object"
-        yield n, None, f"{source.name} {problem}"
+                problem = f"it is a JSON {type(record).__name__}, not an object"
+        yield n, None, problem
 
 
 def _text_records(stream: IO[bytes]) -> Iterator[_Record]:
@@ -302,7 +315,7 @@ def _csv_records(stream: IO[bytes], delimiter: str) -> Iterator[_Record]:
     reader = csv.DictReader(text, delimiter=delimiter)
     for n, record in enumerate(reader, 1):
         if None in record:  # more fields than the header names
-            yield n, None, f"row {n} has more fields than the header"
+            yield n, None, "it has more fields than the header"
             continue
         yield n, record, None
     text.detach()
@@ -319,20 +332,17 @@ def parquet_module() -> Any:
     return pq
 
 
-def _parquet_records(source: Source) -> Iterator[_Record]:
+def _parquet_records(stream: IO[bytes], where: str) -> Iterator[_Record]:
     pq = parquet_module()
-    if source.path == STDIN:
-        raise InputError("Parquet cannot be streamed from stdin; give the file's path.")
     try:
-        parquet = pq.ParquetFile(source.path)
+        parquet = pq.ParquetFile(stream)
     except Exception as exc:  # pyarrow raises its own ArrowInvalid/OSError kinds
-        raise InputError(f"{source.path} is not a readable Parquet file: {exc}") from None
+        raise InputError(f"{where} is not a readable Parquet file: {exc}") from None
     n = 0
-    with parquet:
-        for batch in parquet.iter_batches(batch_size=1024):
-            for record in batch.to_pylist():
-                n += 1
-                yield n, record, None
+    for batch in parquet.iter_batches(batch_size=1024):
+        for record in batch.to_pylist():
+            n += 1
+            yield n, record, None
 
 
 def count_rows(source: Source) -> int | None:
@@ -372,6 +382,6 @@ def check_columns(sources: Sequence[Source], columns: Columns) -> None:
                 f"{', '.join(map(str, first))}."
             )
         try:
-            _content_column(first, columns, source)
+            _content_column(first, columns)
         except InputError as exc:
             raise ConfigError(f"{source.path}: {exc}.") from None

@@ -113,6 +113,7 @@ class BatchJob:
         part_rows: Input rows per committed part at most.
         part_seconds: Commit at least this often while rows are coming.
         max_errors: The engine's error budget (items without a verdict).
+        ray: Run on Ray Data (`RayOptions`) instead of in this process.
     """
 
     def __init__(
@@ -131,6 +132,7 @@ class BatchJob:
         part_rows: int = 2000,
         part_seconds: float = 10.0,
         max_errors: float | None = None,
+        ray: RayOptions | None = None,
     ) -> None:
         self.sources = sources
         self.output = output
@@ -146,6 +148,12 @@ class BatchJob:
         self.part_rows = max(1, part_rows)
         self.part_seconds = part_seconds
         self.max_errors = max_errors
+        self.ray = ray
+        if ray is not None and max_errors is not None:
+            raise ConfigError(
+                "--max-errors works with the local engine only; on Ray every row is judged and "
+                "the failures are counted in the manifest."
+            )
         self.manifest_file = manifest_path(output)
         self.parts = parts_dir(output)
 
@@ -244,7 +252,10 @@ class BatchJob:
         save_manifest(manifest, self.manifest_file)
         started = time.monotonic()
         try:
-            await _Run(self, manifest, on_progress).go()
+            if self.ray is not None:
+                await _RayRun(self, manifest, on_progress, self.ray).go()
+            else:
+                await _Run(self, manifest, on_progress).go()
         except BaseException as exc:
             manifest.elapsed_s += time.monotonic() - started
             manifest.error = f"{type(exc).__name__}: {exc}"
@@ -305,18 +316,25 @@ class _Run:
         async with aclosing(cast("AsyncGenerator[Judgement, None]", stream)) as judgements:
             async for judgement in judgements:
                 self._take(self.rows.popleft(), judgement)
-                if (
-                    self.open.rows_in >= self.job.part_rows
-                    or time.monotonic() - self.open.since >= self.job.part_seconds
-                ):
-                    await self._commit()
+                await self._maybe_commit()
         await self._commit()
+
+    async def _maybe_commit(self) -> None:
+        if (
+            self.open.rows_in >= self.job.part_rows
+            or time.monotonic() - self.open.since >= self.job.part_seconds
+        ):
+            await self._commit()
 
     def _skip_committed(self, rows: Iterator[Row]) -> None:
         done = self.manifest.rows_committed
         digest = ""
         for row in islice(rows, done):
             digest = input_hash(digest, row)
+        self._check_input(digest)
+
+    def _check_input(self, digest: str) -> None:
+        done = self.manifest.rows_committed
         if digest != self.manifest.input_hash:
             raise InputError(
                 f"The input of job {self.manifest.job!r} changed since it started: its first "
@@ -362,10 +380,11 @@ class _Run:
         hits = [by_item.get(item.hash) for by_item in self.found]
         return None if all(h is None for h in hits) else hits
 
-    def _take(self, row: Row, judgement: Judgement) -> None:
-        """Add a finished row's output rows and counts to the open part."""
+    def _take(self, row: Row, judgement: Judgement | None) -> None:
+        """Add a finished row's output rows and counts to the open part (`judgement` is
+        None for a row that could not be judged)."""
         part, counts = self.open, self.open.counts
-        if row.item is None:
+        if row.item is None or judgement is None:
             part.rows.extend(invalid_row(row, p) for p in self.judge.policies)
             counts.invalid += 1
             counts.output_rows += len(self.judge.policies)
@@ -432,6 +451,130 @@ class _Run:
         self.open = _Open(first_row=manifest.rows_committed, input_hash=manifest.input_hash)
         if self.on_progress is not None:
             self.on_progress(manifest.rows_committed, manifest.rows_total)
+
+
+class _RayRun(_Run):
+    """An attempt on Ray Data: actors judge, this driver numbers, records and commits.
+
+    The driver is the log's one writer: it records each row's new decisions (those neither
+    the job nor the cache already holds) through the same buffered recorder as the local
+    engine, flushed before each part is committed. Actors are told which contents already
+    have decisions (this job's, and the cache's), so resumed rows cost no calls.
+    """
+
+    def __init__(
+        self, job: BatchJob, manifest: Manifest, on_progress: Progress | None, options: RayOptions
+    ) -> None:
+        super().__init__(job, manifest, on_progress)
+        self.options = options
+        self.judge.recorder = None  # actors judge; only this driver records
+
+    async def go(self) -> None:
+        from magistrate.batch import ray as on_ray
+
+        known = await asyncio.to_thread(self._known)
+        dataset = on_ray.build_dataset(
+            self.job.sources,
+            self.options.config,
+            self.job.columns,
+            actors=self.options.actors,
+            actor_cpus=self.options.actor_cpus,
+            batch_rows=self.options.batch_rows,
+            known=known,
+        )
+        sources = {on_ray._key(s.path): s for s in self.job.sources}
+        batches = iter(dataset.iter_batches(batch_size=LOOKUP_CHUNK, batch_format="pyarrow"))
+        try:
+            await self._consume(batches, sources)
+        finally:
+            close = getattr(batches, "close", None)
+            if close is not None:  # stop the plan's execution when the driver stops early
+                close()
+
+    async def _consume(self, batches: Iterator[Any], sources: dict[str, Source]) -> None:
+        from magistrate.batch import ray as on_ray
+
+        number, digest, skip = 0, "", self.manifest.rows_committed
+        while (batch := await asyncio.to_thread(next, batches, None)) is not None:
+            results = []
+            for values in batch.to_pylist():
+                row, made = on_ray.result_row(number, values, sources)
+                number += 1
+                if row.number < skip:  # committed before: check it is the same input
+                    digest = input_hash(digest, row)
+                    if row.number == skip - 1:
+                        self._check_input(digest)
+                    continue
+                results.append((row, made))
+            await self._prefetch([row for row, _ in results])
+            for row, made in results:
+                self._take(row, await self._resolve(row, made))
+                await self._maybe_commit()
+        if number < skip:
+            self._check_input("")  # the input got shorter
+        await self._commit()
+
+    def _known(self) -> set[str]:
+        """Contents every policy already has a decision for: the job's own, and the
+        cache's when the cache is on."""
+        store = self.job.store
+        if store is None:
+            return set()
+        keys = self.judge.cache_keys()
+        found = store.log.reusable(keys, run_id=self.manifest.run_id)
+        if self.job.use_cache:
+            cached = store.log.reusable(keys)
+            found = [{**c, **o} for c, o in zip(cached, found, strict=True)]
+        common = set(found[0])
+        for by_item in found[1:]:
+            common &= set(by_item)
+        return common
+
+    async def _resolve(self, row: Row, made: list[Decision] | None) -> Judgement | None:
+        """The row's judgement: decisions the job or the cache already holds win over the
+        actor's (which are then not recorded: one decision per item and policy)."""
+        if row.item is None:
+            return None
+        known = await self._lookup(row.item) or [None] * len(self.judge.policies)
+        decisions: list[Decision] = []
+        cached: list[bool] = []
+        fresh = []
+        for position, policy in enumerate(self.judge.policies):
+            hit = known[position]
+            if hit is None and made is None:
+                raise ConfigError(
+                    f"Row {row.number} ({row.id}): the actors skipped it as already decided, "
+                    "but the log has no decision for it. Run the job again to judge it."
+                )
+            decision = hit if hit is not None else made[position]  # type: ignore[index]
+            decisions.append(decision)
+            cached.append(hit is not None)
+            if hit is None:
+                fresh.append((decision, policy))
+        if fresh and self.recorder is not None:
+            await self.recorder.arecord_all(fresh, row.item)
+        return Judgement(row.item, tuple(decisions), tuple(cached), row.number)
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """How a job runs on Ray Data (`--engine ray`).
+
+    Attributes:
+        config: The judge each actor builds (`magistrate.batch.ray.JudgeConfig`).
+        address: The cluster to join (`ray://...`, `host:port`, `auto`); None starts a
+            local Ray instance in this process.
+        actors: Actors in the pool, each with one loaded backend.
+        actor_cpus: CPUs Ray reserves per actor (fractional for actors that wait on a
+            server; leave room for the read tasks).
+        batch_rows: Rows per batch handed to an actor.
+    """
+
+    config: Any
+    address: str | None = None
+    actors: int = 2
+    actor_cpus: float = 0.5
+    batch_rows: int = 64
 
 
 def _add_counts(total: Counts, more: Counts) -> None:

@@ -4,7 +4,8 @@ Exit codes (every command):
     0    success (for `classify`: every item got a verdict)
     1    user error: bad input, policy, model or flag; the message says how to fix it
     2    usage error: unknown option or missing argument
-    3    `classify`: at least one item got no verdict (unparseable answer or backend failure)
+    3    `classify`, `batch`: at least one item got no verdict (unparseable answer, backend
+         failure, or for `batch` an input row that could not be read)
     4    `logs verify`: the log does not match its hashes (the message names the first bad row)
     130  interrupted (Ctrl-C)
 """

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -21,6 +22,8 @@ from rich.progress import (
 
 from magistrate.backends import DEFAULT_MODEL, backend_for
 from magistrate.batch import BatchJob, Columns, Manifest, expand_inputs, job_spec
+from magistrate.batch.job import RayOptions
+from magistrate.batch.ray import JudgeConfig, connect
 from magistrate.cli.app import EXIT_NO_VERDICT, app, err_console, out_console
 from magistrate.cli.options import (
     BaseUrlOption,
@@ -103,6 +106,40 @@ ConcurrencyOption = Annotated[
     int | None,
     typer.Option(min=1, help="Backend calls in flight (default: what the backend allows)."),
 ]
+
+
+class Engine(StrEnum):
+    LOCAL = "local"
+    RAY = "ray"
+
+
+EngineOption = Annotated[
+    Engine,
+    typer.Option(
+        help="local: judge in this process. ray: on Ray Data, a pool of actors each holding "
+        "one loaded backend (needs magistrate[ray]).",
+    ),
+]
+AddressOption = Annotated[
+    str | None,
+    typer.Option(
+        envvar="RAY_ADDRESS",
+        help="--engine ray: the cluster to join (auto, host:port, ray://...); default a "
+        "local Ray instance in this process.",
+        show_default=False,
+    ),
+]
+ActorsOption = Annotated[
+    int, typer.Option(min=1, help="--engine ray: actors in the pool (one backend each).")
+]
+ActorCpusOption = Annotated[
+    float,
+    typer.Option(
+        min=0.01,
+        help="--engine ray: CPUs Ray reserves per actor (use 1 or more for the embedded "
+        "model; a fraction for actors that wait on a server).",
+    ),
+]
 PartRowsOption = Annotated[
     int,
     typer.Option(min=1, help="Commit output every this many input rows (and every 10 s)."),
@@ -137,6 +174,10 @@ def batch(
     database: DatabaseOption = None,
     restart: RestartOption = False,
     part_rows: PartRowsOption = 2000,
+    engine: EngineOption = Engine.LOCAL,
+    address: AddressOption = None,
+    actors: ActorsOption = 2,
+    actor_cpus: ActorCpusOption = 0.5,
     as_json: Annotated[bool, typer.Option("--json", help="Print the job summary as JSON.")] = False,
 ) -> None:
     """Judge every row of large inputs under one or more policies, exactly once.
@@ -170,6 +211,10 @@ def batch(
         on_abstain=on_abstain,
     )
     spec = job_spec(sources, judge, columns=columns, input_format=input_format, model=model)
+    on_ray = None
+    if engine is Engine.RAY:
+        config = JudgeConfig.of(judge, model, base_url=base_url, endpoint=endpoint)
+        on_ray = RayOptions(config, address=address, actors=actors, actor_cpus=actor_cpus)
     job_ = BatchJob(
         sources,
         output,
@@ -183,8 +228,11 @@ def batch(
         restart=restart,
         part_rows=part_rows,
         max_errors=max_errors,
+        ray=on_ray,
     )
     try:
+        if on_ray is not None:
+            connect(address)
         manifest = _run(job_, show=not as_json)
     except KeyboardInterrupt:
         err_console.print(f"Interrupted. Run the same command to resume job {escape(job_.name)}.")
