@@ -197,7 +197,7 @@ class FaultServer:
         """Answers by content: a violation when the user turn mentions a prize, else none
         (`gpt-oss-keyword:MS` takes MS milliseconds per request; `gpt-oss-keyword:MS:SLOTS`
         also serves at most SLOTS requests at once, like a server with SLOTS batch slots)."""
-        _, delay, slots = (model.split(":") + ["", ""])[:3]
+        _, delay, slots = ([*model.split(":"), "", ""])[:3]
         if slots:
             gate = self.slots.setdefault(model, asyncio.Semaphore(int(slots)))
             async with gate:

@@ -357,3 +357,60 @@ def test_embedded_model_batch_matches_judge_many(tmp_path, embedded_backend):
     expected = asyncio.run(judge_all(judge, [p["text"] for p in posts]))
     assert [r["score"] for r in table] == [j.decisions[0].verdict.score for j in expected]
     assert [r["label"] for r in table] == [j.decisions[0].verdict.label for j in expected]
+
+
+def test_a_running_job_is_locked_and_resumes_only_with_its_own_log(tmp_path, server):
+    from magistrate.batch.job import _exclusive
+
+    _write_jsonl(tmp_path / "in.jsonl", _posts(6))
+    args = ("in.jsonl", "-p", "spam", "-o", "o.jsonl")
+    with _exclusive(tmp_path / "o.jsonl"):  # as if another process were running the job
+        busy = _batch(tmp_path, *args, server=server)
+    assert busy.returncode == 1 and "Another process is running" in busy.stderr
+    assert not (tmp_path / "o.jsonl.manifest.json").exists()
+
+    path = tmp_path / "in.jsonl"
+    sources = expand_inputs([str(path)])
+    judge = Judge(["spam"], backend_for("openai/gpt-oss-keyword", base_url=server.url))
+    spec = job_spec(sources, judge)
+    with Store(tmp_path / "first.db") as first:
+        job = BatchJob(sources, tmp_path / "p.jsonl", judge, spec, store=first, part_rows=2)
+        with pytest.raises(KeyboardInterrupt):
+            asyncio.run(job.run(on_progress=_stop_at(4)))
+    with Store(tmp_path / "other.db") as other:
+        again = BatchJob(sources, tmp_path / "p.jsonl", judge, spec, store=other)
+        with pytest.raises(ConfigError, match="started with the decision log"):
+            asyncio.run(again.run())
+    with pytest.raises(ConfigError, match="started with the decision log"):
+        asyncio.run(BatchJob(sources, tmp_path / "p.jsonl", judge, spec, store=None).run())
+
+
+def _stop_at(n: int) -> Any:
+    def stop(done: int, total: int | None) -> None:
+        if done == n:
+            raise KeyboardInterrupt
+
+    return stop
+
+
+def test_the_error_budget_counts_judged_rows_only_and_commits_first(tmp_path, server):
+    rows = [{"id": f"b{i}", "text": ""} for i in range(5)] + _posts(30)
+    _write_jsonl(tmp_path / "in.jsonl", rows)
+    fine = _batch(tmp_path, "in.jsonl", "-p", "spam", "-o", "a.jsonl", "--max-errors", "1",
+                  "--json", server=server)  # fmt: skip
+    assert fine.returncode == 3 and json.loads(fine.stdout)["counts"]["invalid"] == 5
+
+    failing = _batch(tmp_path, "in.jsonl", "-p", "spam", "-o", "b.jsonl", "--max-errors", "3",
+                     "--part-rows", "1000", server=server, scenario="http500")  # fmt: skip
+    assert failing.returncode == 1 and "max-errors" in failing.stderr
+    manifest = load_manifest(tmp_path / "b.jsonl.manifest.json")
+    assert manifest is not None and manifest.state == "failed"
+    assert manifest.rows_committed == 9  # five unreadable rows, then four failed calls
+    assert manifest.failure_kinds == {"invalid_input": 5, "error": 4}
+
+
+def test_a_headerless_csv_is_refused_without_quoting_its_content(tmp_path, server):
+    (tmp_path / "in.csv").write_text("secret words here,1\nmore secrets,0\n", encoding="utf-8")
+    out = _batch(tmp_path, "in.csv", "-p", "spam", "-o", "o.jsonl", server=server)
+    assert out.returncode == 1 and "header row" in out.stderr
+    assert "secret" not in out.stderr

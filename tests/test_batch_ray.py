@@ -22,7 +22,6 @@ import pytest
 from faultserver import FaultServer
 from test_batch import _job_decisions, _posts, _write_jsonl
 
-
 from magistrate.backends import backend_for
 from magistrate.batch import BatchJob, expand_inputs, job_spec
 from magistrate.batch.job import RayOptions

@@ -187,7 +187,7 @@ class _Pending:
         return Judgement(self.item, made, tuple(from_cache), self.index)
 
 
-class _ErrorBudget:
+class ErrorBudget:
     """Counts items without a verdict; past the limit the run stops (`ErrorBudgetExceeded`)."""
 
     def __init__(self, limit: float | None) -> None:
@@ -481,7 +481,7 @@ class Judge:
             StoreError: A decision was made but not recorded.
             ErrorBudgetExceeded: More items than `max_errors` got no verdict.
         """
-        budget = _ErrorBudget(max_errors)
+        budget = ErrorBudget(max_errors)
         pending: deque[_Pending] = deque()
         read_ahead = 2 * self.concurrency + 8
         source = _aiter(items).__aiter__()

@@ -200,11 +200,21 @@ def make_row(
     try:
         if "\x00" in item_id:
             raise InputError("the id holds a NUL character (U+0000)")
+        if not _encodable(item_id):
+            raise InputError("the id is not valid UTF-8 text")
         content = record[_content_column(record, columns)]
         item = Item.of(_content(content, where), id=item_id, max_chars=max_chars)
     except InputError as exc:
         return Row(number, source.path, line, item_id, None, f"{where}: {exc}")
     return Row(number, source.path, line, item_id, item)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _content(value: Any, where: str) -> str | list[Turn | Mapping[str, str]]:
@@ -230,8 +240,18 @@ def _content_column(record: Mapping[str, Any], columns: Columns) -> str:
             return name
     raise InputError(
         f"no column holds the content (looked for {', '.join(TEXT_COLUMNS + TURNS_COLUMNS)});"
-        f" name it with --text-col (columns: {', '.join(map(str, record)) or 'none'})"
+        f" name it with --text-col (columns: {column_names(record)})"
     )
+
+
+def column_names(record: Mapping[str, Any]) -> str:
+    """A row's column names for an error message. Names that do not look like names (a
+    file without a header row takes its first row's values as names) are not quoted, so a
+    message never carries content."""
+    names = [str(k) for k in record]
+    if all(len(n) <= 40 and n.replace("_", "").replace("-", "").isalnum() for n in names):
+        return ", ".join(names) or "none"
+    return f"{len(names)} columns whose names are not names: does the file lack a header row?"
 
 
 _Record = tuple[int, Mapping[str, Any] | None, str | None]
@@ -240,8 +260,14 @@ _Record = tuple[int, Mapping[str, Any] | None, str | None]
 def _records(source: Source) -> Iterator[_Record]:
     if source.format == "parquet" and source.path == STDIN:
         raise InputError("Parquet cannot be streamed from stdin; give the file's path.")
-    with _open_binary(source) as stream:
-        yield from records(stream, source.format, where=source.path)
+    try:
+        with _open_binary(source) as stream:
+            yield from records(stream, source.format, where=source.path)
+    except (OSError, EOFError, csv.Error) as exc:  # a truncated .gz, a disk error, ...
+        raise InputError(
+            f"{source.path} could not be read to the end ({type(exc).__name__}: {exc}). Fix or "
+            "replace the file; the same command then resumes the job."
+        ) from None
 
 
 def records(stream: IO[bytes], format: str, *, where: str = "input") -> Iterator[_Record]:
@@ -312,6 +338,7 @@ def _csv_records(stream: IO[bytes], delimiter: str) -> Iterator[_Record]:
     # Undecodable bytes become lone surrogates here and make that row a problem (see
     # `_content`), instead of an exception that would stop the reader mid-file.
     text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
+    csv.field_size_limit(2**31 - 1)  # long fields are refused by the item's size check
     reader = csv.DictReader(text, delimiter=delimiter)
     for n, record in enumerate(reader, 1):
         if None in record:  # more fields than the header names
@@ -379,7 +406,7 @@ def check_columns(sources: Sequence[Source], columns: Columns) -> None:
         if columns.id is not None and columns.id not in first:
             raise ConfigError(
                 f"{source.path} has no column {columns.id!r} for --id-col; it has "
-                f"{', '.join(map(str, first))}."
+                f"{column_names(first)}."
             )
         try:
             _content_column(first, columns)

@@ -18,11 +18,12 @@ How exactly-once holds (see docs/batch.md for the whole story):
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import shutil
 import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
-from contextlib import aclosing
+from contextlib import aclosing, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import islice
@@ -59,8 +60,8 @@ from magistrate.batch.output import (
     write_part,
 )
 from magistrate.decision import Decision
-from magistrate.engine import Judge, Judgement
-from magistrate.errors import ConfigError, InputError
+from magistrate.engine import ErrorBudget, Judge, Judgement
+from magistrate.errors import ConfigError, ErrorBudgetExceeded, InputError
 from magistrate.ids import new_ulid
 from magistrate.item import Item
 from magistrate.store import BufferedRecorder, Store
@@ -68,7 +69,11 @@ from magistrate.store import BufferedRecorder, Store
 LOOKUP_CHUNK = 256
 """Input rows read, and looked up in the decision log in one query, at a time."""
 MEMO_SIZE = 4096
-"""Recent contents whose decisions a job keeps in memory for identical later rows."""
+"""Recent contents whose decisions a job keeps in memory for identical later rows. Older
+ones are found in the log: the recorder writes every `FLUSH_EVERY` calls, far fewer than
+this, so a content has reached the log before the memo forgets it."""
+FLUSH_EVERY = 512
+assert FLUSH_EVERY < MEMO_SIZE
 
 Progress = Callable[[int, int | None], None]
 """Called with (input rows done, input rows in all or None) as rows complete."""
@@ -112,7 +117,9 @@ class BatchJob:
         restart: Discard a previous job at this output (its manifest, parts and output).
         part_rows: Input rows per committed part at most.
         part_seconds: Commit at least this often while rows are coming.
-        max_errors: The engine's error budget (items without a verdict).
+        max_errors: Stop past this many rows judged without a verdict (a count, or a
+            fraction from 20 rows on); rows that could not be read do not count. What was
+            done is committed first, so the same command resumes.
         ray: Run on Ray Data (`RayOptions`) instead of in this process.
     """
 
@@ -149,11 +156,6 @@ class BatchJob:
         self.part_seconds = part_seconds
         self.max_errors = max_errors
         self.ray = ray
-        if ray is not None and max_errors is not None:
-            raise ConfigError(
-                "--max-errors works with the local engine only; on Ray every row is judged and "
-                "the failures are counted in the manifest."
-            )
         self.manifest_file = manifest_path(output)
         self.parts = parts_dir(output)
 
@@ -187,8 +189,20 @@ class BatchJob:
                 "input, policy, model or option is a new job: write it to another output, "
                 "or pass --restart to discard the old job's results."
             )
+        self._check_log(found)
         self._remove_strays(found)
         return found
+
+    def _check_log(self, manifest: Manifest) -> None:
+        """A resumed job records into the log it started with: elsewhere its own decisions
+        would not be found, and uncommitted rows would be judged a second time."""
+        here = self.store.location if self.store is not None else None
+        if manifest.state != "done" and manifest.database != here:
+            raise ConfigError(
+                f"Job {manifest.job!r} started with the decision log {manifest.database or 'off'}"
+                f", not {here or 'off'}. Resume it with that log (--database, or --log), or "
+                "pass --restart to start over."
+            )
 
     def _new_manifest(self) -> Manifest:
         now = datetime.now(UTC)
@@ -242,6 +256,10 @@ class BatchJob:
                 the same command resumes.
             ErrorBudgetExceeded: Past `max_errors`; resumable the same way.
         """
+        with _exclusive(self.output):
+            return await self._run_locked(on_progress)
+
+    async def _run_locked(self, on_progress: Progress | None) -> Manifest:
         manifest = self.prepare()
         if manifest.state == "done":
             return manifest
@@ -296,28 +314,39 @@ class _Run:
         self.recorder: BufferedRecorder | None = None
         if job.store is not None:
             self.recorder = BufferedRecorder(
-                job.store, keep_content=job.keep_content, run_id=manifest.run_id
+                job.store,
+                keep_content=job.keep_content,
+                run_id=manifest.run_id,
+                flush_every=FLUSH_EVERY,
             )
         self.judge.recorder = self.recorder
         self.rows: deque[Row] = deque()
         self.found: list[dict[str, Decision]] = [{} for _ in self.judge.policies]
         self.memo: OrderedDict[str, tuple[Decision, ...]] = OrderedDict()
         self.open = _Open(first_row=manifest.rows_committed, input_hash=manifest.input_hash)
+        self.budget = ErrorBudget(job.max_errors)
 
     async def go(self) -> None:
         rows = read_rows(self.job.sources, self.job.columns, max_chars=self.judge.max_chars)
         await asyncio.to_thread(self._skip_committed, rows)
-        stream = self.judge.judge_many(
-            self._feed(rows),
-            lookup=self._lookup,
-            max_errors=self.job.max_errors,
-            share_identical=True,
-        )
+        stream = self.judge.judge_many(self._feed(rows), lookup=self._lookup, share_identical=True)
         async with aclosing(cast("AsyncGenerator[Judgement, None]", stream)) as judgements:
             async for judgement in judgements:
-                self._take(self.rows.popleft(), judgement)
-                await self._maybe_commit()
+                await self._take_and_commit(self.rows.popleft(), judgement)
         await self._commit()
+
+    async def _take_and_commit(self, row: Row, judgement: Judgement | None) -> None:
+        """Take a finished row, count it against the error budget (rows that could not be
+        read do not count), and commit when a part is full; past the budget, commit what
+        is done, then stop."""
+        self._take(row, judgement)
+        try:
+            if row.item is not None and judgement is not None:
+                self.budget.count(judgement)
+        except ErrorBudgetExceeded:
+            await self._commit()
+            raise
+        await self._maybe_commit()
 
     async def _maybe_commit(self) -> None:
         if (
@@ -508,27 +537,21 @@ class _RayRun(_Run):
                 results.append((row, made))
             await self._prefetch([row for row, _ in results])
             for row, made in results:
-                self._take(row, await self._resolve(row, made))
-                await self._maybe_commit()
+                await self._take_and_commit(row, await self._resolve(row, made))
         if number < skip:
             self._check_input("")  # the input got shorter
         await self._commit()
 
     def _known(self) -> set[str]:
-        """Contents every policy already has a decision for: the job's own, and the
-        cache's when the cache is on."""
+        """Contents this job already has a decision for under every policy (a resumed
+        job's): actors make no call for them. Only their hashes are read; cached verdicts
+        from other runs are applied here, on the driver (an actor's call for such content
+        is then not used)."""
         store = self.job.store
         if store is None:
             return set()
-        keys = self.judge.cache_keys()
-        found = store.log.reusable(keys, run_id=self.manifest.run_id)
-        if self.job.use_cache:
-            cached = store.log.reusable(keys)
-            found = [{**c, **o} for c, o in zip(cached, found, strict=True)]
-        common = set(found[0])
-        for by_item in found[1:]:
-            common &= set(by_item)
-        return common
+        hashes = {p.hash for p in self.judge.policies}
+        return store.log.decided_items(self.manifest.run_id, hashes)
 
     async def _resolve(self, row: Row, made: list[Decision] | None) -> Judgement | None:
         """The row's judgement: decisions the job or the cache already holds win over the
@@ -575,6 +598,25 @@ class RayOptions:
     actors: int = 2
     actor_cpus: float = 0.5
     batch_rows: int = 64
+
+
+@contextmanager
+def _exclusive(output: Path) -> Iterator[None]:
+    """Hold `OUTPUT.lock` while a job runs: two processes on one job would judge the same
+    rows twice and overwrite each other's parts."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with open(output.with_name(output.name + ".lock"), "a+b") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(
+                f"Another process is running the job writing {output} right now. Wait for it "
+                "to finish (then this command reports the result), or stop it first."
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def _add_counts(total: Counts, more: Counts) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -177,9 +178,15 @@ def load_manifest(path: Path) -> Manifest | None:
 def save_manifest(manifest: Manifest, path: Path) -> None:
     """Replace the manifest whole: temporary file, fsync, rename."""
     manifest.updated_at = datetime.now(UTC)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(manifest.model_dump_json(by_alias=True, indent=2))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    # A temporary name of its own: a save still running in a worker thread when the job was
+    # interrupted must not share (and truncate) the one the interrupt handler writes.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(manifest.model_dump_json(by_alias=True, indent=2))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -71,6 +71,9 @@ class JudgeConfig:
 
     policies: tuple[str, ...]
     model: str
+    policy_ids: tuple[str, ...] = ()
+    """The ids the driver gave the policies (a file without an `id` takes its file name's):
+    an actor parsing the bare text must give them the same ids."""
     base_url: str | None = None
     endpoint: str | None = None
     strategy: str = "combined"
@@ -92,6 +95,7 @@ class JudgeConfig:
         return cls(
             policies=tuple(p.text for p in judge.policies),
             model=model,
+            policy_ids=tuple(p.id for p in judge.policies),
             base_url=base_url,
             endpoint=endpoint,
             strategy=judge.strategy.value,
@@ -111,10 +115,12 @@ class JudgeConfig:
 
         backend = backend_for(self.model, base_url=self.base_url, endpoint=self.endpoint)
         options = asdict(self)
-        for name in ("policies", "model", "base_url", "endpoint"):
+        for name in ("policies", "model", "base_url", "endpoint", "policy_ids"):
             options.pop(name)
+        ids = self.policy_ids or tuple(f"policy-{n + 1}" for n in range(len(self.policies)))
         policies = [
-            parse_policy(text, source=f"policy {n}") for n, text in enumerate(self.policies)
+            parse_policy(text, source=f"policy {pid}", default_id=pid)
+            for text, pid in zip(self.policies, ids, strict=True)
         ]
         return Judge(policies, backend, **options)
 

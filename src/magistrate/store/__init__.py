@@ -153,8 +153,15 @@ class BufferedRecorder(Recorder):
                 return 0
             try:
                 await asyncio.to_thread(self.store.record_many, kept, run_id=self.run_id)
-            except StoreError as exc:
-                raise type(exc)(f"{len(kept)} decisions were made but NOT recorded. {exc}") from exc
+            except BaseException as exc:
+                # Keep them for the next flush: a caller that flushes before committing
+                # output must never find an empty buffer because an earlier write failed.
+                self._kept = kept + self._kept
+                if isinstance(exc, StoreError):
+                    raise type(exc)(
+                        f"{len(kept)} decisions were made but NOT recorded yet. {exc}"
+                    ) from exc
+                raise
             return len(kept)
 
 

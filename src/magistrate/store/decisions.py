@@ -262,6 +262,19 @@ class DecisionLog:
                         by_item[decision.item_hash] = decision
         return found
 
+    def decided_items(self, run_id: str, policy_hashes: set[str]) -> set[str]:
+        """Item hashes that run `run_id` has a decision for under every one of
+        `policy_hashes` (hashes only: no decision is loaded)."""
+        d = self.db.tables["decisions"]
+        query = (
+            sa.select(d.c.item_hash)
+            .where(d.c.run_id == run_id, d.c.policy_hash.in_(policy_hashes))
+            .group_by(d.c.item_hash)
+            .having(sa.func.count(sa.distinct(d.c.policy_hash)) == len(policy_hashes))
+        )
+        with self.db.read() as conn:
+            return {row[0] for row in conn.execute(query)}
+
     def count(self, where: DecisionFilter | None = None, **filters: Any) -> int:
         """How many decisions match."""
         query = self._select(where or DecisionFilter(**filters)).subquery()
