@@ -11,6 +11,7 @@ def test_public_api_is_exactly_all():
     public = {name for name in dir(magistrate) if not name.startswith("_")}
     submodules = {
         "backends",
+        "batch",
         "cli",
         "completion",
         "config",
@@ -24,6 +25,7 @@ def test_public_api_is_exactly_all():
         "item",
         "lint",
         "policy",
+        "ray",
         "prompt",
         "server",
         "store",

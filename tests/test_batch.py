@@ -355,7 +355,11 @@ def test_embedded_model_batch_matches_judge_many(tmp_path, embedded_backend):
     table = pq.read_table(tmp_path / "out.parquet").to_pylist()
     judge = Judge(["spam"], embedded_backend, mode="score")  # type: ignore[arg-type]
     expected = asyncio.run(judge_all(judge, [p["text"] for p in posts]))
-    assert [r["score"] for r in table] == [j.decisions[0].verdict.score for j in expected]
+    # Equal up to llama.cpp's noise between a KV-cached policy prefix and a fresh one (the
+    # session's model may have judged other items first).
+    assert [r["score"] for r in table] == pytest.approx(
+        [j.decisions[0].verdict.score for j in expected], abs=0.005
+    )
     assert [r["label"] for r in table] == [j.decisions[0].verdict.label for j in expected]
 
 

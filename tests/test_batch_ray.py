@@ -154,5 +154,10 @@ def test_judge_batches_in_a_users_own_pipeline_and_on_the_embedded_model(cluster
     decisions = [decode_decisions(r["decisions"])[0] for r in out]
     assert all(d.ok and d.policy_id == "spam" and d.mode == "score" for d in decisions)
     here = asyncio.run(judge_all(Judge(["spam"], embedded_backend, mode="score"), texts))
-    assert [d.verdict.score for d in decisions] == [j.decisions[0].verdict.score for j in here]
+    # Within llama.cpp's own noise: a score differs in the fourth decimal when the policy
+    # prefix came from the KV cache (this process) rather than with the item in one batch
+    # (the actor's fresh model).
+    assert [d.verdict.score for d in decisions] == pytest.approx(
+        [j.decisions[0].verdict.score for j in here], abs=0.005
+    )
     assert [r["flagged"] for r in out] == [j.flagged for j in here]
