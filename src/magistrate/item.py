@@ -16,6 +16,7 @@ import json
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from magistrate.errors import InputError
@@ -50,9 +51,10 @@ class Item:
     turns: tuple[Turn, ...] = ()
     metadata: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
-    @property
+    @cached_property
     def hash(self) -> str:
-        """SHA-256 of the content (the text for plain items, the turns for conversations)."""
+        """SHA-256 of the content (the text for plain items, the turns for conversations);
+        computed once per item."""
         return content_hash(self.text)
 
     @classmethod

@@ -16,6 +16,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -158,12 +159,12 @@ class Policy:
         """The first 12 hex digits of the hash, for display."""
         return self.hash[:12]
 
-    @property
+    @cached_property
     def rule_ids(self) -> frozenset[str]:
         """Every rule id the policy defines."""
         return frozenset(rule.id for rule in self.rules)
 
-    @property
+    @cached_property
     def known_rule_ids(self) -> frozenset[str]:
         """Defined rule ids plus their parents (`SP2.a` makes `SP2` citable too)."""
         known: set[str] = set()

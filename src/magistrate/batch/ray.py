@@ -276,6 +276,9 @@ def build_dataset(
     formats = {p: s.format for p, s in zip(paths, sources, strict=True)}
     ds = ray.data.read_binary_files(paths, include_paths=True)
     ds = ds.flat_map(split_file, fn_kwargs={"formats": formats})
+    # A file's rows come out as one block, and one block goes to one actor: cut them into
+    # blocks of one batch each (streaming, order kept) so every actor of the pool gets work.
+    ds = ds.repartition(target_num_rows_per_block=batch_rows)
     return ds.map_batches(
         JudgeBatches,
         compute=ray.data.ActorPoolStrategy(size=actors),
