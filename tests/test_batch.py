@@ -297,7 +297,7 @@ def test_sigkill_at_20_random_points_then_every_row_exactly_once(tmp_path, serve
     args = [
         sys.executable, "-m", "magistrate", "batch", "in.jsonl", "-p", "spam", "-o",
         "out.parquet", "--part-rows", "5", "--concurrency", "2", "--model",
-        "openai/gpt-oss-keyword:60", "--base-url", server.url,
+        "openai/gpt-oss-keyword:100", "--base-url", server.url,
     ]  # fmt: skip
     manifest_file = tmp_path / "out.parquet.manifest.json"
     rng = random.Random(2026)
