@@ -147,7 +147,7 @@ def write_part(path: Path, rows: Sequence[Mapping[str, Any]], kind: str) -> None
             f.flush()
             os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    _fsync(path.parent)
 
 
 def assemble(parts: Iterable[Path], output: Path, kind: str) -> None:
@@ -168,18 +168,11 @@ def assemble(parts: Iterable[Path], output: Path, kind: str) -> None:
             out.flush()
             os.fsync(out.fileno())
     os.replace(tmp, output)
-    _fsync_dir(output.parent)
+    _fsync(output.parent)
 
 
 def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
+    """Flush a file, or a folder's entries (a rename), to disk."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:  # pragma: no cover - platforms without directory handles
