@@ -71,15 +71,21 @@ def embedded_backend() -> Iterator[object]:
 
 @pytest.fixture(scope="session", autouse=True)
 def _private_decision_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Keep every test (and the CLI processes it starts) out of the user's own decision log."""
-    path = tmp_path_factory.mktemp("log") / "session.db"
-    old = os.environ.get("MAGISTRATE_DATABASE_URL")
-    os.environ["MAGISTRATE_DATABASE_URL"] = str(path)
+    """Keep every test (and the CLI processes it starts) out of the user's own decision log
+    and batch folder."""
+    folder = tmp_path_factory.mktemp("log")
+    private = {
+        "MAGISTRATE_DATABASE_URL": str(folder / "session.db"),
+        "MAGISTRATE_BATCH_DIR": str(folder / "batches"),
+    }
+    old = {name: os.environ.get(name) for name in private}
+    os.environ.update(private)
     yield
-    if old is None:
-        os.environ.pop("MAGISTRATE_DATABASE_URL", None)
-    else:
-        os.environ["MAGISTRATE_DATABASE_URL"] = old
+    for name, value in old.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 POSTGRES_ENV = "MAGISTRATE_TEST_POSTGRES_URL"

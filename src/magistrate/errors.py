@@ -73,6 +73,12 @@ class TooLarge(InputError):
     code = "too_large"
 
 
+class UnsupportedMediaType(InputError):
+    """A request body in a format the route does not take (its Content-Type)."""
+
+    code = "unsupported_media_type"
+
+
 class PolicyError(MagistrateError):
     """A policy file that cannot be read or parsed."""
 
@@ -100,7 +106,14 @@ class Forbidden(MagistrateError):
 
 
 class Conflict(MagistrateError):
-    """A request that clashes with an earlier one (an idempotency key reused or in use)."""
+    """A request that clashes with an earlier one (an idempotency key reused or in use), or
+    with the state of what it names (the results of a batch job that is not done)."""
+
+
+class JobLocked(ConfigError):
+    """Another process is running this batch job right now (it holds `OUTPUT.lock`)."""
+
+    code = "job_locked"
 
 
 class Overloaded(MagistrateError):
@@ -202,6 +215,7 @@ class HttpError(NamedTuple):
 _HTTP: tuple[tuple[type[MagistrateError], int, str], ...] = (
     # Most specific first: the first class the error is an instance of wins.
     (TooLarge, 413, "invalid_request_error"),
+    (UnsupportedMediaType, 415, "invalid_request_error"),
     (NotFound, 404, "not_found_error"),
     (Unauthorized, 401, "authentication_error"),
     (Forbidden, 403, "permission_error"),

@@ -61,7 +61,7 @@ from magistrate.batch.output import (
 )
 from magistrate.decision import Decision
 from magistrate.engine import ErrorBudget, Judge, Judgement
-from magistrate.errors import ConfigError, ErrorBudgetExceeded, InputError
+from magistrate.errors import ConfigError, ErrorBudgetExceeded, InputError, JobLocked
 from magistrate.ids import new_ulid
 from magistrate.item import Item
 from magistrate.store import BufferedRecorder, Store
@@ -609,7 +609,7 @@ def _exclusive(output: Path) -> Iterator[None]:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise ConfigError(
+            raise JobLocked(
                 f"Another process is running the job writing {output} right now. Wait for it "
                 "to finish (then this command reports the result), or stop it first."
             ) from None

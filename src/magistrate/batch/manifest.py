@@ -176,14 +176,22 @@ def load_manifest(path: Path) -> Manifest | None:
 
 
 def save_manifest(manifest: Manifest, path: Path) -> None:
-    """Replace the manifest whole: temporary file, fsync, rename."""
+    """Replace the manifest whole (`replace_whole`)."""
     manifest.updated_at = datetime.now(UTC)
-    # A temporary name of its own: a save still running in a worker thread when the job was
-    # interrupted must not share (and truncate) the one the interrupt handler writes.
+    replace_whole(path, manifest.model_dump_json(by_alias=True, indent=2))
+
+
+def replace_whole(path: Path, text: str) -> None:
+    """Replace the file at `path` with `text` whole: written to a temporary name of its own,
+    flushed to disk, renamed; a crash leaves the old file or the new one, never a mix.
+
+    The temporary name is unique: a save still running in a worker thread when a job was
+    interrupted must not share (and truncate) the one the interrupt handler writes.
+    """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(manifest.model_dump_json(by_alias=True, indent=2))
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

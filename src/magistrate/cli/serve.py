@@ -18,8 +18,7 @@ from magistrate.decision import OnAbstain
 from magistrate.errors import ConfigError, MissingDependency
 from magistrate.prompt import Effort, Mode
 from magistrate.store import Store
-
-SCOPES = ("classify", "admin")
+from magistrate.store.keys import SCOPES
 
 
 def _server() -> Any:
@@ -73,6 +72,23 @@ CategoriesOption = Annotated[
     ),
 ]
 CorsOption = Annotated[list[str] | None, typer.Option(help="Allow browser calls from this origin.")]
+BatchDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        envvar="MAGISTRATE_BATCH_DIR",
+        help="Where batch jobs keep uploads, outputs and manifests (default: batches/ in the "
+        "user data folder).",
+        show_default=False,
+    ),
+]
+BatchInputRootOption = Annotated[
+    Path | None,
+    typer.Option(
+        envvar="MAGISTRATE_BATCH_INPUT_ROOT",
+        help="Let POST /v1/batches name server-side inputs under this folder (input_path).",
+        show_default=False,
+    ),
+]
 
 
 @app.command()
@@ -101,8 +117,25 @@ def serve(
     allow_inline_policies: Annotated[bool, typer.Option()] = False,
     moderation_categories: CategoriesOption = None,
     cors_origin: CorsOption = None,
+    batch_dir: BatchDirOption = None,
+    batch_input_root: BatchInputRootOption = None,
+    batch_max_bytes: Annotated[
+        int, typer.Option(min=1024, help="Largest batch upload, in bytes.")
+    ] = 1 << 30,
+    batch_workers: Annotated[
+        int, typer.Option(min=1, help="Batch jobs run at once (per process).")
+    ] = 1,
+    batch_concurrency: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Backend calls in flight per batch job (default: what the backend allows).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Serve /v1/classify, /v1/moderations (OpenAI's shape), policies and decisions over HTTP."""
+    """Serve /v1/classify, /v1/moderations (OpenAI's shape), batch jobs, policies and decisions
+    over HTTP."""
     server = _server()
     import uvicorn
 
@@ -127,6 +160,11 @@ def serve(
         "cache_ttl_s": cache_ttl,
         "allow_inline_policies": allow_inline_policies,
         "cors_origins": cors_origin or [],
+        "batch_dir": str(batch_dir) if batch_dir else None,
+        "batch_input_root": str(batch_input_root) if batch_input_root else None,
+        "batch_max_bytes": batch_max_bytes,
+        "batch_workers": batch_workers,
+        "batch_concurrency": batch_concurrency,
     }
     if moderation_categories:
         fields["moderation_categories"] = parse_categories(moderation_categories)
@@ -205,7 +243,10 @@ def keys_create(
     name: Annotated[str, typer.Argument(help="A name for the key (who or what uses it).")],
     scope: Annotated[
         list[str] | None,
-        typer.Option(help="classify (default) or admin (policies, decisions); repeatable."),
+        typer.Option(
+            help="classify (default), batch (batch jobs) or admin (everything: policies, "
+            "decisions, keys, every batch job); repeatable."
+        ),
     ] = None,
     rate_per_minute: Annotated[
         int | None, typer.Option(min=1, help="This key's own request rate.")
@@ -217,7 +258,7 @@ def keys_create(
     scopes = scope or ["classify"]
     bad = [s for s in scopes if s not in SCOPES]
     if bad:
-        raise ConfigError(f"Unknown scope {bad[0]!r}; use classify or admin.")
+        raise ConfigError(f"Unknown scope {bad[0]!r}; use one of {', '.join(SCOPES)}.")
     with Store(database) as store:
         key, secret = store.create_api_key(name, scopes, rate_per_minute=rate_per_minute)
     if as_json:

@@ -1,4 +1,5 @@
-"""The FastAPI app: classify, OpenAI-style moderations, policies, decisions, keys, health.
+"""The FastAPI app: classify, OpenAI-style moderations, batches, policies, decisions, keys,
+health.
 
 `create_app(settings)` builds the app from one router per resource (`server/routes/`); the
 `Service` (engine, store, backend) is created when the app starts (uvicorn's lifespan) and
@@ -53,6 +54,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         service = await asyncio.to_thread(Service, settings, backend=backend, store=store)
+        await service.batches.start()
         app.state.service = service
         try:
             yield
@@ -69,7 +71,11 @@ def create_app(
     app.state.service = None
     # The last added runs first: CORS, metrics, then the key (before the body is looked at:
     # a caller without a key gets 401 whatever it sent), then the body limit.
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimit,
+        limit=settings.max_body_bytes,
+        uploads={"/v1/batches": settings.batch_max_bytes},
+    )
     if settings.keys_required:
         app.add_middleware(RequireKey, get_service=lambda: app.state.service)
     app.add_middleware(RequestMetrics, get_service=lambda: app.state.service)

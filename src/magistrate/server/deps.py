@@ -51,6 +51,12 @@ async def classify_caller(request: Request, svc: ServiceDep, credentials: Creden
     return await svc.authenticate(_secret(credentials), "classify", known=known)
 
 
+async def batch_caller(request: Request, svc: ServiceDep, credentials: Credentials) -> ApiKey:
+    """A caller allowed to run batch jobs (scope `batch` or `admin`)."""
+    known = identified(request.scope)
+    return await svc.authenticate(_secret(credentials), "batch", known=known)
+
+
 async def admin_caller(request: Request, svc: ServiceDep, credentials: Credentials) -> ApiKey:
     """A caller allowed to administer policies, decisions and keys (scope `admin`)."""
     known = identified(request.scope)
@@ -62,10 +68,12 @@ def _secret(credentials: HTTPAuthorizationCredentials | None) -> str | None:
 
 
 ClassifyKey = Annotated[ApiKey, Depends(classify_caller)]
+BatchKey = Annotated[ApiKey, Depends(batch_caller)]
 AdminKey = Annotated[ApiKey, Depends(admin_caller)]
 
 __all__ = [
     "AdminKey",
+    "BatchKey",
     "ClassifyKey",
     "ServiceDep",
     "get_service",

@@ -83,18 +83,28 @@ def bearer_secret(scope: MutableMapping[str, Any]) -> str | None:
 
 
 class BodyLimit:
-    """Refuses bodies over `limit` bytes with 413, by Content-Length or while streaming."""
+    """Refuses bodies over `limit` bytes with 413, by Content-Length or while streaming.
 
-    def __init__(self, app: Any, limit: int) -> None:
-        self.app, self.limit = app, limit
+    Args:
+        limit: The most any request body may hold.
+        uploads: Route paths that take uploads (`POST /v1/batches`) and their own, larger
+            limit.
+    """
+
+    def __init__(self, app: Any, limit: int, uploads: dict[str, int] | None = None) -> None:
+        self.app, self.limit, self.uploads = app, limit, uploads or {}
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.limit
+        upload = scope["method"] == "POST" and _route_path(scope) in self.uploads
+        if upload:
+            limit = self.uploads[_route_path(scope)]
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await self._refuse(scope, receive, send)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await self._refuse(scope, receive, send, limit, upload)
             return
         seen = 0
         exceeded = False
@@ -104,7 +114,7 @@ class BodyLimit:
             message: MutableMapping[str, Any] = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.limit:
+                if seen > limit:
                     exceeded = True
                     raise _TooBig()
             return message
@@ -116,13 +126,17 @@ class BodyLimit:
         with suppress(_TooBig):
             await self.app(scope, limited, sending)
         if exceeded:
-            await self._refuse(scope, receive, send)
+            await self._refuse(scope, receive, send, limit, upload)
 
-    async def _refuse(self, scope: Any, receive: Any, send: Any) -> None:
+    async def _refuse(self, scope: Any, receive: Any, send: Any, limit: int, upload: bool) -> None:
+        advice = (
+            "Split the input into several batch jobs."
+            if upload
+            else "Send fewer or smaller items per request."
+        )
         response = error_response(
             413,
-            f"The request body is over {self.limit:,} bytes. Send fewer or smaller items "
-            "per request.",
+            f"The request body is over {limit:,} bytes. {advice}",
             "invalid_request_error",
             "body_too_large",
         )

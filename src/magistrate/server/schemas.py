@@ -77,6 +77,19 @@ class ServerSettings(BaseModel):
     )
     cors_origins: list[str] = Field(default_factory=list)
     graceful_timeout_s: float = 30.0
+    batch_dir: str | None = None
+    """Where batch jobs keep their inputs, outputs and manifests (default: `batches/` in the
+    user data folder, beside the default log)."""
+    batch_input_root: str | None = None
+    """Server-side inputs (`input_path`) must lie under this folder; None refuses them."""
+    batch_max_bytes: int = 1 << 30
+    """Largest batch upload, in bytes."""
+    batch_workers: int = Field(default=1, ge=1)
+    """Batch jobs run at once in each server process; the rest wait in order."""
+    batch_concurrency: int | None = Field(default=None, ge=1)
+    """Backend calls in flight per batch job (default: what the backend allows)."""
+    batch_max_jobs: int = Field(default=100, ge=1)
+    """Batch jobs queued or running in one process before new ones get 429."""
 
     @property
     def keys_required(self) -> bool:
@@ -527,7 +540,7 @@ class KeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: Text = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-    scopes: list[Literal["classify", "admin"]] = Field(default=["classify"], min_length=1)
+    scopes: list[Literal["classify", "batch", "admin"]] = Field(default=["classify"], min_length=1)
     rate_per_minute: int | None = Field(default=None, ge=1)
 
 
@@ -550,6 +563,124 @@ class KeyCreated(BaseModel):
 
 class KeyList(BaseModel):
     keys: list[KeyOut]
+
+
+# -- batches ---------------------------------------------------------------------------------
+
+
+class BatchCreate(BaseModel):
+    """A batch job: which policies, how, and (in the JSON form) which server-side input.
+
+    Send it as the JSON body with `input_path`, or upload JSON Lines as the body
+    (`Content-Type: application/x-ndjson`) and pass these fields as query parameters
+    (`?policies=spam&policies=hate&mode=score`).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    policies: list[Text] = Field(
+        default_factory=list, description="Policy ids known to the server (their active text)."
+    )
+    policy_text: Text | None = Field(
+        default=None,
+        description="An inline Markdown policy (only if the server allows inline policies).",
+    )
+    input_path: Text | None = Field(
+        default=None,
+        max_length=4096,
+        description="A file, folder or glob under the server's batch input root (JSON form "
+        "only); .jsonl, .csv, .tsv, .parquet, .txt, also gzipped.",
+    )
+    input_format: Literal["jsonl", "csv", "tsv", "parquet", "text"] | None = Field(
+        default=None, description="Read the input as this format instead of by extension."
+    )
+    text_col: Text | None = Field(
+        default=None, max_length=200, description="The column holding the text or turns."
+    )
+    id_col: Text | None = Field(
+        default=None, max_length=200, description="The column holding each row's id."
+    )
+    mode: Mode | None = Field(default=None, description="Default: the server's mode.")
+    effort: Effort | None = Field(default=None, description="Default: the server's effort.")
+    strategy: Literal["combined", "separate"] = Field(
+        default="combined",
+        description="Several policies in one prompt per item (score mode, where the "
+        "backend reads each label in one pass), or one call per policy.",
+    )
+    output_format: Literal["jsonl", "parquet"] = "jsonl"
+    name: Text | None = Field(
+        default=None, max_length=100, description="A label for the job, shown in lists."
+    )
+    max_errors: float | None = Field(
+        default=None,
+        ge=0,
+        description="Stop past this many rows without a verdict (a count, or below 1 a "
+        "fraction); what was done is kept and POST .../retry resumes.",
+    )
+
+
+BatchState = Literal["queued", "running", "done", "failed", "cancelled"]
+
+
+class BatchInput(BaseModel):
+    kind: Literal["upload", "path"]
+    files: list[str] = Field(description="Uploaded: `upload`; else paths under the input root.")
+    bytes: int
+
+
+class BatchCounts(BaseModel):
+    rows: int = Field(description="Input rows done (committed to the output).")
+    output_rows: int
+    flagged: int
+    violations: int
+    no_verdict: int
+    invalid: int = Field(description="Rows that could not be judged (bad JSON, empty, ...).")
+    decisions_made: int
+    decisions_cached: int
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class BatchFailure(BaseModel):
+    row: int
+    item_id: str
+    policy_id: str | None
+    status: str
+    reason: str | None
+
+
+class BatchOut(BaseModel):
+    """A batch job's state, read from its manifest."""
+
+    id: str
+    object: Literal["batch"] = "batch"
+    name: str | None
+    state: BatchState
+    created_at: str
+    updated_at: str | None
+    finished_at: str | None
+    model: str
+    mode: Mode
+    effort: Effort
+    strategy: str
+    policies: list[PolicyRef]
+    input: BatchInput
+    output_format: str
+    rows_total: int | None = Field(description="Input rows, once counted.")
+    counts: BatchCounts
+    attempts: int
+    elapsed_s: float
+    failure_kinds: dict[str, int]
+    failures: list[BatchFailure] = Field(description="The first rows without a verdict.")
+    error: str | None
+    run_id: str | None = Field(description="The `run_id` its decisions carry in the log.")
+    results_url: str | None = Field(description="Where the output is, once done.")
+
+
+class BatchList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[BatchOut]
+    has_more: bool
 
 
 # -- health ----------------------------------------------------------------------------------

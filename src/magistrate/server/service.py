@@ -34,6 +34,7 @@ from magistrate.ids import new_ulid
 from magistrate.item import Item
 from magistrate.policy import Policy, parse_policy
 from magistrate.prompt import Effort, Mode
+from magistrate.server.batches import BatchJobs
 from magistrate.server.catalog import PolicyCatalog
 from magistrate.server.idempotency import Idempotency
 from magistrate.server.limits import Admission, RateLimiter, TTLCache
@@ -49,6 +50,7 @@ from magistrate.server.schemas import (
     ServerSettings,
 )
 from magistrate.store import DecisionFilter, Recorder, Store, StoredDecision
+from magistrate.store.keys import SCOPES
 from magistrate.store.store import ApiKey
 
 ANONYMOUS = ApiKey(
@@ -59,9 +61,6 @@ ANONYMOUS = ApiKey(
     created_at="",
 )
 """The caller when the server does not require keys (loopback by default)."""
-
-SCOPES = ("classify", "admin")
-
 
 JUDGES_KEPT = 256
 """Judges kept per process (one per policy set, mode, effort and strategy), least recently
@@ -97,6 +96,7 @@ class Service:
         self.draining = False
         self.catalog = PolicyCatalog(self.store)
         self.idempotency = Idempotency()
+        self.batches = BatchJobs(settings, self.store, self.backend)
         # Bounded: inline policies make a new text (and judge) per request.
         self._judges: TTLCache[Judge] = TTLCache(math.inf, JUDGES_KEPT)
         if settings.policies_dir:
@@ -183,11 +183,7 @@ class Service:
             TooLarge: The request needs more calls than the queue holds at all.
             ConfigError: The mode needs something the backend cannot give.
         """
-        if mode is Mode.SCORE and not self.backend.capabilities.label_scores:
-            raise ConfigError(
-                f"Score mode needs label probabilities, which {self.backend.name} cannot give; "
-                'send "mode": "reason".'
-            )
+        self.check_mode(mode)
         judge = self.judge_for(policies, mode, effort, combine=combine)
         prefix = f"{judge.strategy.value}:{self.backend.name}:{mode.value}:{effort.value}"
         if judge.combined and judge.bundle is not None:
@@ -281,33 +277,45 @@ class Service:
         )
 
     async def policies_for(self, body: ClassifyRequest) -> list[Policy]:
-        """The policies a classify request names, or its inline policy.
+        """The policies a classify request names, or its inline policy (see `resolve`)."""
+        return await self.resolve(body.policies, body.policy_text)
+
+    async def resolve(self, ids: Sequence[str], policy_text: str | None) -> list[Policy]:
+        """The policies a request names by id (their active text), or its inline policy.
 
         Raises:
             Forbidden: An inline policy on a server that does not take them.
-            InputError: Both or neither of `policies` and `policy_text`, or a repeated id.
+            InputError: Both or neither of ids and an inline text, or a repeated id.
             TooLarge: More policies than `max_policies`.
             NotFound: A policy id the server does not know.
         """
-        if body.policy_text is not None:
+        if policy_text is not None:
             if not self.settings.allow_inline_policies:
                 raise Forbidden(
                     "This server does not take inline policies; name a policy id it knows, "
                     "or start it with --allow-inline-policies."
                 )
-            if body.policies:
+            if ids:
                 raise InputError("Send either `policies` or `policy_text`, not both.")
-            return [await asyncio.to_thread(inline_policy, body.policy_text)]
-        if not body.policies:
+            return [await asyncio.to_thread(inline_policy, policy_text)]
+        if not ids:
             raise InputError("Name at least one policy id in `policies`.")
-        if len(body.policies) > self.settings.max_policies:
+        if len(ids) > self.settings.max_policies:
             raise TooLarge(
-                f"{len(body.policies)} policies in one request; this server takes at most "
+                f"{len(ids)} policies in one request; this server takes at most "
                 f"{self.settings.max_policies}."
             )
-        if len(set(body.policies)) != len(body.policies):
+        if len(set(ids)) != len(ids):
             raise InputError("`policies` names a policy twice.")
-        return [await self.catalog.policy(pid) for pid in body.policies]
+        return [await self.catalog.policy(pid) for pid in ids]
+
+    def check_mode(self, mode: Mode) -> None:
+        """Raises ConfigError when the backend cannot run `mode`."""
+        if mode is Mode.SCORE and not self.backend.capabilities.label_scores:
+            raise ConfigError(
+                f"Score mode needs label probabilities, which {self.backend.name} cannot give; "
+                'send "mode": "reason".'
+            )
 
     async def moderate(self, body: ModerationRequest) -> ModerationResponse:
         """The OpenAI Moderation API over the configured categories (policies).
@@ -447,8 +455,10 @@ class Service:
         return True, "ok", None
 
     async def aclose(self) -> None:
-        """Close the store. The backend is left open: it belongs to whoever made it (the
-        process-wide registry for model strings), and other users may share it."""
+        """Stop the batch jobs (they resume at the next start), then close the store. The
+        backend is left open: it belongs to whoever made it (the process-wide registry for
+        model strings), and other users may share it."""
+        await self.batches.aclose()
         self.store.close()
 
 

@@ -32,6 +32,10 @@ from magistrate.store.records import canonical_json, timestamp
 API_KEY_PREFIX = "mg_"
 """How every secret starts, so a leaked one is easy to recognise."""
 
+SCOPES = ("classify", "batch", "admin")
+"""What a key may do: `classify` (classify, moderations), `batch` (batch jobs, its own
+only), `admin` (everything, including policies, decisions, keys and every batch job)."""
+
 
 @dataclass(frozen=True)
 class ApiKey:
@@ -44,7 +48,7 @@ class ApiKey:
     prefix: str
     """The first characters of the secret, to recognise it in lists."""
     scopes: tuple[str, ...]
-    """What the key may do (`classify`, `admin`), sorted."""
+    """What the key may do (see `SCOPES`), sorted."""
     created_at: str
     rate_per_minute: int | None = None
     """This key's own request rate; None: the server's default."""
