@@ -418,3 +418,12 @@ def test_a_headerless_csv_is_refused_without_quoting_its_content(tmp_path, serve
     out = _batch(tmp_path, "in.csv", "-p", "spam", "-o", "o.jsonl", server=server)
     assert out.returncode == 1 and "header row" in out.stderr
     assert "secret" not in out.stderr
+
+
+def test_a_parts_tally_counts_what_the_manifest_counts():
+    from dataclasses import fields
+
+    from magistrate.batch.job import _Tally
+    from magistrate.batch.manifest import Counts
+
+    assert [f.name for f in fields(_Tally)] == list(Counts.model_fields)

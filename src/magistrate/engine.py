@@ -227,9 +227,31 @@ class _Clock:
         self.spent += time.perf_counter() - self._started
 
 
-def _in_flight(pending: Iterable[_Pending]) -> int:
-    # A set: items sharing an identical earlier item's calls do not count them twice.
-    return len({task for p in pending for task in p.tasks if not task.done()})
+class _InFlight:
+    """The calls of `judge_many` that may still be running.
+
+    Counted from the tasks themselves (a finished task's done-callbacks may not have run yet
+    when the generator resumes), and as a set: items sharing an identical earlier item's
+    calls do not count them twice. Finished tasks are dropped only when the count matters
+    (at the limit, or before waiting), so each check costs O(calls in flight), not
+    O(items read ahead).
+    """
+
+    def __init__(self) -> None:
+        self.tasks: set[asyncio.Task[tuple[Decision, ...]]] = set()
+
+    def add(self, tasks: Iterable[asyncio.Task[tuple[Decision, ...]]]) -> None:
+        self.tasks.update(tasks)
+
+    def count(self, limit: int) -> int:
+        """Calls still running (exact once it reaches `limit`)."""
+        if len(self.tasks) >= limit:
+            self.tasks = {t for t in self.tasks if not t.done()}
+        return len(self.tasks)
+
+    def unfinished(self) -> set[asyncio.Task[tuple[Decision, ...]]]:
+        self.tasks = {t for t in self.tasks if not t.done()}
+        return self.tasks
 
 
 def _raise_first_failure(done: Iterable[asyncio.Task[tuple[Decision, ...]]]) -> None:
@@ -339,6 +361,7 @@ class Judge:
         self.on_abstain = _enum(OnAbstain, on_abstain, "on_abstain")
         self.recorder = recorder
         self._calls = self._plan()
+        self._decision_options: dict[tuple[object, ...], dict[str, Any]] = {}
 
     @property
     def combined(self) -> bool:
@@ -405,12 +428,27 @@ class Judge:
         self, policy: Policy | None = None, *, constrained: bool = False
     ) -> dict[str, Any]:
         """What a decision records as its options: the call's completion options, the
-        bundle for a combined call, and `on_abstain`. The decision-log cache matches on it."""
-        out = self.options(policy, constrained=constrained).to_dict()
-        if self.combined and self.bundle is not None:
-            out["bundle"] = self.bundle.hash
-            out["bundle_policies"] = list(self.bundle.ids)
-        out["on_abstain"] = self.on_abstain.value
+        bundle for a combined call, and `on_abstain`. The decision-log cache matches on it.
+
+        Every decision made with the same settings shares one mapping (the log encodes it
+        once per write): treat it as read-only.
+        """
+        target = policy or self.policy
+        key = (
+            target.hash, target.threshold, policy is None, constrained, self.mode,
+            self.effort, self.timeout_s, self.calibrated, self.max_tokens, self.on_abstain,
+            self.strategy, self.bundle.hash if self.bundle is not None else None,
+        )  # fmt: skip
+        out = self._decision_options.get(key)
+        if out is None:
+            out = self.options(policy, constrained=constrained).to_dict()
+            if self.combined and self.bundle is not None:
+                out["bundle"] = self.bundle.hash
+                out["bundle_policies"] = list(self.bundle.ids)
+            out["on_abstain"] = self.on_abstain.value
+            if len(self._decision_options) >= 64:
+                self._decision_options.clear()
+            self._decision_options[key] = out
         return out
 
     def cache_keys(self) -> tuple[CacheKey, ...]:
@@ -483,16 +521,16 @@ class Judge:
         """
         budget = ErrorBudget(max_errors)
         pending: deque[_Pending] = deque()
+        twins: dict[str, _Pending] = {}  # share_identical: the items whose calls others may share
+        live = _InFlight()
         read_ahead = 2 * self.concurrency + 8
         source = _aiter(items).__aiter__()
         exhausted = False
         try:
             while True:
-                # Calls in flight are counted from the tasks themselves: a finished task's
-                # done-callbacks may not have run yet when this generator resumes.
                 while (
                     not exhausted
-                    and _in_flight(pending) < self.concurrency
+                    and live.count(self.concurrency) < self.concurrency
                     and len(pending) < read_ahead
                 ):
                     try:
@@ -501,16 +539,23 @@ class Judge:
                         exhausted = True
                         break
                     index = len(pending) + budget.done
-                    started = await self._start(content, index, lookup, pending, share_identical)
+                    started = await self._start(content, index, lookup, twins)
                     pending.append(started)
+                    live.add(started.tasks)
+                    if share_identical and started.tasks and not started.shared:
+                        twins[started.item.hash] = started
                 if not pending:
                     return
                 if not all(task.done() for task in pending[0].tasks):
-                    unfinished = [t for p in pending for t in p.tasks if not t.done()]
-                    done, _ = await asyncio.wait(unfinished, return_when=asyncio.FIRST_COMPLETED)
+                    done, _ = await asyncio.wait(
+                        live.unfinished(), return_when=asyncio.FIRST_COMPLETED
+                    )
                     _raise_first_failure(done)  # a later item's failure stops the run now
                     continue
-                judgement = pending.popleft().judgement()
+                first = pending.popleft()
+                if twins.get(first.item.hash) is first:
+                    del twins[first.item.hash]
+                judgement = first.judgement()
                 budget.count(judgement)
                 if on_result is not None:
                     on_result(judgement)
@@ -526,18 +571,18 @@ class Judge:
         content: Content,
         index: int,
         lookup: Lookup | None,
-        pending: Iterable[_Pending] = (),
-        share_identical: bool = False,
+        twins: Mapping[str, _Pending] | None = None,
     ) -> _Pending:
-        """Check an item, consult the cache, and start the calls its misses need (or, with
-        `share_identical`, take those of an identical item in `pending`)."""
+        """Check an item, consult the cache, and start the calls its misses need (or take
+        those of an identical item still in flight: `twins`, by content hash, when
+        `share_identical` is on)."""
         item = self.item(content)
         cached = await self._cached(item, lookup)
         calls = tuple(self._needed(cached))
-        if share_identical and calls:
-            for twin in pending:
-                if twin.item.hash == item.hash and twin.calls == calls:
-                    return _Pending(item, index, cached, calls, twin.tasks, shared=True)
+        if twins and calls:
+            twin = twins.get(item.hash)
+            if twin is not None and twin.calls == calls:
+                return _Pending(item, index, cached, calls, twin.tasks, shared=True)
         tasks = tuple(asyncio.create_task(self._call(call, item)) for call in calls)
         return _Pending(item, index, cached, calls, tasks)
 

@@ -14,8 +14,22 @@ import threading
 import time
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]
+"""Two digits for every 10-bit value: 13 lookups encode the 130 bits of a ULID."""
+_SHIFTS = tuple(range(120, -1, -10))
 _lock = threading.Lock()
 _last = (0, 0)
+_entropy = b""
+"""Random bytes read ahead from the OS in one call (a system call per id is slow in
+sandboxes), consumed 10 at a time."""
+
+
+def _random80() -> int:
+    global _entropy
+    if len(_entropy) < 10:
+        _entropy = os.urandom(4000)
+    chunk, _entropy = _entropy[:10], _entropy[10:]
+    return int.from_bytes(chunk, "big")
 
 
 def new_ulid() -> str:
@@ -24,10 +38,10 @@ def new_ulid() -> str:
     with _lock:
         ms = time.time_ns() // 1_000_000
         last_ms, last_rand = _last
-        rand = last_rand + 1 if ms <= last_ms else int.from_bytes(os.urandom(10), "big")
+        rand = last_rand + 1 if ms <= last_ms else _random80()
         ms = max(ms, last_ms)
         if rand >= 1 << 80:  # 2**80 ids in one millisecond: move to the next one
-            ms, rand = ms + 1, int.from_bytes(os.urandom(10), "big")
+            ms, rand = ms + 1, _random80()
         _last = (ms, rand)
     value = (ms << 80) | rand
-    return "".join(_ALPHABET[(value >> (5 * i)) & 31] for i in reversed(range(26)))
+    return "".join([_PAIRS[(value >> shift) & 1023] for shift in _SHIFTS])

@@ -129,17 +129,55 @@ def build_prompt(
         native_reasoning: True for models that reason on a separate channel (gpt-oss); the
             answer is then asked for in the policy's exact format, without a rationale line.
     """
-    system = policy.body.rstrip("\n") + "\n\n" + format_block(policy, native_reasoning)
+    static = _policy_parts(policy, native_reasoning)
     return Prompt(
-        messages=(Message("system", system), Message("user", item.text)),
-        prefill='{"violation": ' if policy.output is OutputFormat.JSON else "",
-        candidates=tuple(label.name for label in policy.labels),
-        violating=tuple(label.violation for label in policy.labels),
+        messages=(Message("system", static.system), Message("user", item.text)),
+        prefill=static.prefill,
+        candidates=static.candidates,
+        violating=static.violating,
         effort=Effort(effort),
-        schema=answer_schema(policy) if policy.output is OutputFormat.JSON else None,
-        grammar=None if policy.output is OutputFormat.JSON else answer_grammar(policy),
+        schema=static.schema,
+        grammar=static.grammar,
         native_reasoning=native_reasoning,
     )
+
+
+@dataclass(frozen=True)
+class _PolicyParts:
+    """What a policy's prompt holds before the content: the same for every item."""
+
+    system: str
+    prefill: str
+    candidates: tuple[str, ...]
+    violating: tuple[bool, ...]
+    schema: dict[str, Any] | None
+    grammar: str | None
+
+
+_PARTS: dict[tuple[str, bool], _PolicyParts] = {}
+_PARTS_KEPT = 256
+
+
+def _policy_parts(policy: Policy, native_reasoning: bool) -> _PolicyParts:
+    """A policy's prompt parts, built once per policy text (its hash) and kept while fewer
+    than `_PARTS_KEPT` texts are (then forgotten all at once: plain dict operations stay
+    safe across threads): a batch job builds millions of prompts from one policy."""
+    key = (policy.hash, native_reasoning)
+    parts = _PARTS.get(key)
+    if parts is None:
+        json_output = policy.output is OutputFormat.JSON
+        parts = _PolicyParts(
+            system=policy.body.rstrip("\n") + "\n\n" + format_block(policy, native_reasoning),
+            prefill='{"violation": ' if json_output else "",
+            candidates=tuple(label.name for label in policy.labels),
+            violating=tuple(label.violation for label in policy.labels),
+            schema=answer_schema(policy) if json_output else None,
+            grammar=None if json_output else answer_grammar(policy),
+        )
+        if len(_PARTS) >= _PARTS_KEPT:
+            _PARTS.clear()
+        _PARTS[key] = parts
+    return parts
 
 
 def build_bundle_prompt(

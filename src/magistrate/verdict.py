@@ -346,12 +346,15 @@ def _flag_label(policy: Policy, violation: bool) -> str:
     return label.name if label else ("1" if violation else "0")
 
 
+_LENIENT = json.JSONDecoder(strict=False)
+"""Tolerates raw newlines inside strings; holds no state, so one serves every call."""
+
+
 def _first_json_object(text: str) -> dict[str, Any] | None:
     """The first JSON object in `text`; raw newlines in strings are tolerated."""
-    decoder = json.JSONDecoder(strict=False)
     for match in re.finditer(r"\{", text):
         try:
-            obj, _ = decoder.raw_decode(text, match.start())
+            obj, _ = _LENIENT.raw_decode(text, match.start())
         except json.JSONDecodeError:
             continue
         if isinstance(obj, dict):

@@ -32,6 +32,7 @@ from magistrate.store.records import (
     GENESIS,
     StoredDecision,
     VerifyReport,
+    canonical_json,
     decision_row,
     row_hash,
     stored_decision,
@@ -384,11 +385,19 @@ def _chunks(values: Iterable[str] | None, size: int = 500) -> Iterator[list[str]
 def _chain(batch: Sequence[Entry], seq: int, prev: str, run_id: str | None) -> list[dict[str, Any]]:
     """The rows that append `batch` after chain position `seq` whose hash is `prev`."""
     rows = []
+    # A judge gives all its decisions one options mapping: encode each mapping once.
+    encoded: dict[int, tuple[object, str]] = {}
     for decision, _, content in batch:
         seq += 1
+        known = encoded.get(id(decision.options))
+        if known is None or known[0] is not decision.options:
+            known = encoded[id(decision.options)] = (
+                decision.options,
+                canonical_json(dict(decision.options)),
+            )
         row = {
             "seq": seq,
-            **decision_row(decision, content=content),
+            **decision_row(decision, content=content, options_json=known[1]),
             "run_id": run_id,
             "prev_hash": prev,
         }

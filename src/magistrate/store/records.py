@@ -34,7 +34,13 @@ so one such row would break every page of the log that holds it."""
 
 def canonical_json(value: Any) -> str:
     """JSON with sorted keys and no spaces: one text per value, on every database."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    if not value and isinstance(value, list | dict):  # most rule id lists, metadata, ...
+        return "[]" if isinstance(value, list) else "{}"
+    return _CANONICAL(value)
+
+
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+"""One encoder for every call (`json.dumps` with options builds a new one each time)."""
 
 
 def timestamp(when: datetime) -> str:
@@ -44,8 +50,11 @@ def timestamp(when: datetime) -> str:
     return when.astimezone(UTC).isoformat(timespec="microseconds")
 
 
-def decision_row(decision: Decision, *, content: str | None) -> dict[str, Any]:
-    """The columns of a decision row, without `seq`, `prev_hash` and `row_hash`."""
+def decision_row(
+    decision: Decision, *, content: str | None, options_json: str | None = None
+) -> dict[str, Any]:
+    """The columns of a decision row, without `seq`, `prev_hash` and `row_hash`
+    (`options_json`: the options' canonical JSON, when the caller already has it)."""
     v = decision.verdict
     return {
         "id": decision.id,
@@ -60,7 +69,7 @@ def decision_row(decision: Decision, *, content: str | None) -> dict[str, Any]:
         "model": decision.model,
         "effort": decision.effort,
         "mode": decision.mode,
-        "options": canonical_json(dict(decision.options)),
+        "options": options_json or canonical_json(dict(decision.options)),
         "status": v.status.value,
         "label": v.label,
         "violation": v.violation,
@@ -87,16 +96,14 @@ def decision_row(decision: Decision, *, content: str | None) -> dict[str, Any]:
 
 def row_hash(row: Mapping[str, Any]) -> str:
     """The chain hash of a row: every column but `row_hash` itself, `prev_hash` included."""
-    body = {key: _hashable(value) for key, value in row.items() if key != "row_hash"}
-    return hashlib.sha256(canonical_json(body).encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def _hashable(value: Any) -> Any:
     # Floats go in by repr so that 0.1 hashes the same after a round trip through any
     # database that stores IEEE doubles; integers stay integers (a bool is not an int here).
-    if isinstance(value, float):
-        return repr(value)
-    return value
+    body = {
+        key: repr(value) if isinstance(value, float) else value
+        for key, value in row.items()
+        if key != "row_hash"
+    }
+    return hashlib.sha256(canonical_json(body).encode("utf-8", "surrogatepass")).hexdigest()
 
 
 @dataclass(frozen=True)
