@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 
 from magistrate.ids import new_ulid
@@ -23,7 +24,7 @@ def test_ulids_increase_carry_the_time_and_use_crockford_digits():
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
     assert all(len(i) == 26 and set(i) <= set(CROCKFORD) for i in ids)
     values = [_decode(i) for i in ids]
-    assert all(b > a for a, b in zip(values, values[1:], strict=False))
+    assert all(b > a for a, b in itertools.pairwise(values))
     assert before <= values[0] >> 80 and values[-1] >> 80 <= after + 1
     # 80 random bits: the ids of one millisecond differ in their random part, not by chance
     assert len({v & ((1 << 80) - 1) for v in values}) == len(values)

@@ -6,6 +6,7 @@ exactly once."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -156,11 +158,21 @@ def test_a_server_side_input_must_lie_under_the_input_root(tmp_path, backend):
             assert "outside the server's batch input root" in refused.json()["error"]["message"]
             assert str(root) not in refused.json()["error"]["message"]
         missing = post(input_path="nothing/*.jsonl")
-        assert missing.status_code == 422 and "matches no input" in missing.text
+        assert missing.status_code == 422 and "matches no readable input" in missing.text
         no_column = post(input_path="day1/b.csv", text_col="content")
         assert no_column.status_code == 422, no_column.text
         assert "day1/b.csv" in no_column.text and str(root) not in no_column.text
-    assert sorted(p.name for p in (tmp_path / "batches").iterdir()) == [done["id"]]
+    jobs = (tmp_path / "batches").iterdir()
+    assert sorted(p.name for p in jobs if not p.name.startswith(".")) == [done["id"]]
+    assert list((tmp_path / "batches" / ".incoming").iterdir()) == []  # refused: nothing kept
+
+    # An input root that holds the batch folder: other jobs' uploads stay out of reach.
+    nested = _settings(tmp_path, backend, batch_input_root=str(tmp_path))
+    with serving(create_app(nested)) as srv:
+        for path in (f"batches/{done['id']}", "batches", "batches/*/*.jsonl"):
+            body = {"policies": ["spam"], "input_path": path}
+            refused = httpx.post(f"{srv.url}/v1/batches", json=body)
+            assert refused.status_code == 422, (path, refused.text)
 
     with serving(create_app(_settings(tmp_path / "noroot", backend))) as srv:
         body = {"policies": ["spam"], "input_path": "day1"}
@@ -214,9 +226,26 @@ def test_bad_batch_requests_get_clear_errors_and_leave_nothing(tmp_path, backend
         for response, status, phrase in cases:
             assert response.status_code == status, (status, response.text)
             assert phrase in response.json()["error"]["message"], (phrase, response.text)
+
+        def chunks() -> Iterator[bytes]:  # no Content-Length: the limit acts mid-stream
+            for _ in range(10):
+                yield b'{"text": "' + b"y" * 900 + b'"}\n'
+
+        streamed = httpx.post(url + "?policies=spam", content=chunks(), headers=NDJSON)
+        assert streamed.status_code == 413 and "Split the input" in streamed.text
+        zipped = httpx.post(url + "?policies=spam", content=gzip.compress(rows), headers=NDJSON)
+        assert zipped.status_code == 422 and "None of the first" in zipped.text
+        encoded = httpx.post(
+            url + "?policies=spam",
+            content=gzip.compress(rows),
+            headers={**NDJSON, "Content-Encoding": "gzip"},
+        )
+        assert encoded.status_code == 415 and "uncompressed" in encoded.text
         assert httpx.get(f"{url}/batch_01ARZ3NDEKTSV4RRFFQ69G5FAV").status_code == 404
-        assert httpx.get(f"{url}/../../etc").status_code == 404
-    assert not (tmp_path / "batches").exists() or not list((tmp_path / "batches").iterdir())
+        assert httpx.get(f"{url}/batch_notanid").status_code == 422
+        assert httpx.get(f"{url}/batch_..%2F..%2Fbatch.json").status_code == 404
+    leftovers = [p for p in (tmp_path / "batches").rglob("*") if p.is_file()]
+    assert leftovers == []
 
 
 def test_batch_keys_see_their_own_jobs_and_admin_sees_all(tmp_path, backend):
@@ -246,40 +275,73 @@ def test_batch_keys_see_their_own_jobs_and_admin_sees_all(tmp_path, backend):
         assert httpx.get(mine + "/results", headers=auth(bob)).status_code == 404
         assert httpx.post(mine + "/cancel", headers=auth(bob)).status_code == 404
         assert httpx.get(f"{srv.url}/v1/batches", headers=auth(bob)).json()["data"] == []
+        assert httpx.post(mine + "/retry", headers=auth(bob)).status_code == 404
+        assert httpx.delete(mine, headers=auth(bob)).status_code == 404
         assert httpx.get(mine, headers=auth(admin)).status_code == 200
+        everyone = httpx.get(f"{srv.url}/v1/batches", headers=auth(admin)).json()["data"]
+        assert [j["id"] for j in everyone] == [job_id]
         assert httpx.get(mine + "/results", headers=auth(alice)).status_code == 200
         assert httpx.delete(mine, headers=auth(alice)).status_code == 204
         assert httpx.get(mine, headers=auth(admin)).status_code == 404
 
 
-def test_cancel_stops_a_job_and_retry_finishes_it_exactly_once(tmp_path, backend):
-    posts = _posts(60)
-    settings = _settings(tmp_path, backend, scenario="keyword:50:1")
+def test_cancel_commits_what_is_done_and_retry_finishes_exactly_once(tmp_path, backend):
+    posts = _posts(60)  # 60 calls of 50 ms, one at a time: 3 s of work
+    scenario = "keyword:50:1"
+    settings = _settings(tmp_path, backend, scenario=scenario, batch_concurrency=1)
+    calls_before = backend.hits[scenario]
     with serving(create_app(settings)) as srv:
-        made = httpx.post(
-            f"{srv.url}/v1/batches?policies=spam", content=_jsonl(posts), headers=NDJSON
-        )
+        url = f"{srv.url}/v1/batches"
+        made = httpx.post(f"{url}?policies=spam", content=_jsonl(posts), headers=NDJSON)
         job_id = made.json()["id"]
         _wait(srv.url, job_id, ("running",))
+        for refused in (httpx.delete(f"{url}/{job_id}"), httpx.post(f"{url}/{job_id}/retry")):
+            assert refused.status_code == 409, refused.text
+            assert refused.json()["error"]["code"] == "batch_not_stopped"
         time.sleep(0.5)
-        cancelled = httpx.post(f"{srv.url}/v1/batches/{job_id}/cancel")
+        cancelled = httpx.post(f"{url}/{job_id}/cancel")
         assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+        kept = cancelled.json()["counts"]["rows"]
+        assert 0 < kept < len(posts)  # the rows finished before the cancel are committed
         time.sleep(0.5)
-        job = httpx.get(f"{srv.url}/v1/batches/{job_id}").json()
-        assert job["state"] == "cancelled" and job["counts"]["rows"] < len(posts)
-        assert httpx.get(f"{srv.url}/v1/batches/{job_id}/results").status_code == 409
+        assert httpx.get(f"{url}/{job_id}").json()["counts"]["rows"] == kept  # it stopped
+        assert httpx.get(f"{url}/{job_id}/results").status_code == 409
 
     with serving(create_app(settings)) as srv:  # a cancelled job stays cancelled on restart
-        assert httpx.get(f"{srv.url}/v1/batches/{job_id}").json()["state"] == "cancelled"
-        retried = httpx.post(f"{srv.url}/v1/batches/{job_id}/retry")
+        url = f"{srv.url}/v1/batches"
+        assert httpx.get(f"{url}/{job_id}").json()["state"] == "cancelled"
+        retried = httpx.post(f"{url}/{job_id}/retry")
         assert retried.status_code == 202, retried.text
         done = _wait(srv.url, job_id, ("done", "failed"))
         assert done["state"] == "done" and done["attempts"] == 2, done
         rows = _results(srv.url, job_id)
-        again = httpx.post(f"{srv.url}/v1/batches/{job_id}/cancel")
-        assert again.status_code == 409
+        assert httpx.post(f"{url}/{job_id}/cancel").status_code == 409
     assert [r["item_id"] for r in rows] == [p["id"] for p in posts]
     assert set(_decisions(tmp_path / "log.db", done["run_id"]).values()) == {1}
+    # Every content reached the backend once, but for the one call in flight at the cancel.
+    calls = backend.hits[scenario] - calls_before
+    assert len(posts) <= calls <= len(posts) + 1
+
+
+def test_a_retried_job_stays_queued_across_a_restart(tmp_path, backend):
+    settings = _settings(tmp_path, backend, scenario="keyword:50:1", batch_concurrency=1)
+    with serving(create_app(settings)) as srv:
+        url = f"{srv.url}/v1/batches"
+
+        def create(n: int) -> str:
+            made = httpx.post(f"{url}?policies=spam", content=_jsonl(_posts(n)), headers=NDJSON)
+            return str(made.json()["id"])
+
+        slow, small = create(400), create(5)  # one worker: small waits behind slow
+        assert httpx.get(f"{url}/{small}").json()["state"] == "queued"
+        assert httpx.post(f"{url}/{small}/cancel").json()["state"] == "cancelled"
+        assert httpx.post(f"{url}/{small}/retry").json()["state"] == "queued"
+    with serving(create_app(settings)) as srv:
+        url = f"{srv.url}/v1/batches"
+        assert httpx.get(f"{url}/{small}").json()["state"] == "queued"
+        httpx.post(f"{url}/{slow}/cancel")  # let the small one run now
+        done = _wait(srv.url, small, ("done", "failed"))
+        assert done["state"] == "done" and done["counts"]["rows"] == 5
 
 
 def _free_port() -> int:

@@ -224,6 +224,7 @@ _HTTP: tuple[tuple[type[MagistrateError], int, str], ...] = (
     (InputError, 422, "invalid_request_error"),
     (PolicyError, 422, "invalid_request_error"),
     (ConfigError, 422, "invalid_request_error"),
+    (MissingDependency, 501, "server_error"),
     (Unavailable, 503, "server_error"),
     (StoreError, 503, "server_error"),
     (BackendError, 503, "server_error"),

@@ -21,7 +21,7 @@ import json
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, cast
 
@@ -59,10 +59,17 @@ class Source:
 
     path: str
     format: str
+    label: str | None = field(default=None, compare=False)
+    """How output rows and messages name the input (default its path): the service shows
+    `upload`, or the path under its input root, never where it keeps the file."""
+
+    @property
+    def shown(self) -> str:
+        return self.label or self.path
 
     @property
     def name(self) -> str:
-        return "stdin" if self.path == STDIN else Path(self.path).name
+        return "stdin" if self.path == STDIN else Path(self.shown).name
 
     def fingerprint(self) -> str:
         """What identifies the input in a job's identity: its absolute path."""
@@ -194,7 +201,7 @@ def make_row(
     fallback_id = f"{source.name}:{line}"
     where = f"{source.name} row {line}"
     if record is None:
-        return Row(number, source.path, line, fallback_id, None, f"{where}: {problem}")
+        return Row(number, source.shown, line, fallback_id, None, f"{where}: {problem}")
     raw_id = record.get(columns.id) if columns.id else record.get("id")
     item_id = fallback_id if raw_id is None or raw_id == "" else str(raw_id)
     try:
@@ -205,8 +212,8 @@ def make_row(
         content = record[_content_column(record, columns)]
         item = Item.of(_content(content, where), id=item_id, max_chars=max_chars)
     except InputError as exc:
-        return Row(number, source.path, line, item_id, None, f"{where}: {exc}")
-    return Row(number, source.path, line, item_id, item)
+        return Row(number, source.shown, line, item_id, None, f"{where}: {exc}")
+    return Row(number, source.shown, line, item_id, item)
 
 
 def _encodable(text: str) -> bool:
@@ -262,10 +269,10 @@ def _records(source: Source) -> Iterator[_Record]:
         raise InputError("Parquet cannot be streamed from stdin; give the file's path.")
     try:
         with _open_binary(source) as stream:
-            yield from records(stream, source.format, where=source.path)
+            yield from records(stream, source.format, where=source.shown)
     except (OSError, EOFError, csv.Error) as exc:  # a truncated .gz, a disk error, ...
         raise InputError(
-            f"{source.path} could not be read to the end ({type(exc).__name__}: {exc}). Fix or "
+            f"{source.shown} could not be read to the end ({type(exc).__name__}: {exc}). Fix or "
             "replace the file; the same command then resumes the job."
         ) from None
 
@@ -295,7 +302,7 @@ def _open_binary(source: Source) -> AbstractContextManager[IO[bytes]]:
             return cast("AbstractContextManager[IO[bytes]]", gzip.open(source.path, "rb"))
         return open(source.path, "rb")
     except OSError as exc:
-        raise InputError(f"Cannot open {source.path}: {exc.strerror}.") from None
+        raise InputError(f"Cannot open {source.shown}: {exc.strerror}.") from None
 
 
 def _decoded(data: bytes, n: int) -> tuple[str | None, str | None]:
@@ -405,10 +412,10 @@ def check_columns(sources: Sequence[Source], columns: Columns) -> None:
             continue
         if columns.id is not None and columns.id not in first:
             raise ConfigError(
-                f"{source.path} has no column {columns.id!r} for --id-col; it has "
+                f"{source.shown} has no column {columns.id!r} for --id-col; it has "
                 f"{column_names(first)}."
             )
         try:
             _content_column(first, columns)
         except InputError as exc:
-            raise ConfigError(f"{source.path}: {exc}.") from None
+            raise ConfigError(f"{source.shown}: {exc}.") from None

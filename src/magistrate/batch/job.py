@@ -18,6 +18,7 @@ How exactly-once holds (see docs/batch.md for the whole story):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import shutil
 import time
@@ -277,14 +278,15 @@ class BatchJob:
             return await self._run_locked(on_progress)
 
     async def _run_locked(self, on_progress: Progress | None) -> Manifest:
-        manifest = self.prepare()
+        # File work runs in worker threads: a service runs jobs on its event loop.
+        manifest = await asyncio.to_thread(self.prepare)
         if manifest.state == "done":
             return manifest
         manifest.attempts += 1
         manifest.state, manifest.error = "running", None
         if manifest.rows_total is None:
             manifest.rows_total = await asyncio.to_thread(self._count_rows)
-        save_manifest(manifest, self.manifest_file)
+        await asyncio.to_thread(save_manifest, manifest, self.manifest_file)
         started = time.monotonic()
         try:
             if self.ray is not None:
@@ -296,10 +298,11 @@ class BatchJob:
             manifest.error = f"{type(exc).__name__}: {exc}"
             if not isinstance(exc, asyncio.CancelledError | KeyboardInterrupt):
                 manifest.state = "failed"
-            save_manifest(manifest, self.manifest_file)
+            save_manifest(manifest, self.manifest_file)  # quick, and must not be cancelled
             raise
         manifest.elapsed_s += time.monotonic() - started
-        self._finish(manifest)
+        # Shielded: once the output is being assembled, a cancellation lets it finish.
+        await asyncio.shield(asyncio.to_thread(self._finish, manifest))
         return manifest
 
     def _count_rows(self) -> int | None:
@@ -347,10 +350,21 @@ class _Run:
         rows = read_rows(self.job.sources, self.job.columns, max_chars=self.judge.max_chars)
         await asyncio.to_thread(self._skip_committed, rows)
         stream = self.judge.judge_many(self._feed(rows), lookup=self._lookup, share_identical=True)
-        async with aclosing(cast("AsyncGenerator[Judgement, None]", stream)) as judgements:
-            async for judgement in judgements:
-                await self._take_and_commit(self.rows.popleft(), judgement)
+        try:
+            async with aclosing(cast("AsyncGenerator[Judgement, None]", stream)) as judgements:
+                async for judgement in judgements:
+                    await self._take_and_commit(self.rows.popleft(), judgement)
+        except asyncio.CancelledError:
+            await self._keep_done()
+            raise
         await self._commit()
+
+    async def _keep_done(self) -> None:
+        """On cancellation (a cancel, a server stopping, Ctrl-C), commit the rows already
+        finished, so that a resumed job neither judges nor records them again. A failure
+        here is left for the resume to sort out; the cancellation goes on."""
+        with contextlib.suppress(Exception):
+            await asyncio.shield(self._commit())
 
     async def _take_and_commit(self, row: Row, judgement: Judgement | None) -> None:
         """Take a finished row, count it against the error budget (rows that could not be

@@ -9,12 +9,14 @@ jobs it created; an admin key sees every job.
 """
 
 import json
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
 from pydantic import ValidationError
+from starlette.requests import ClientDisconnect
 
 from magistrate.errors import InputError, TooLarge, UnsupportedMediaType
 from magistrate.server.deps import BatchKey, ServiceDep
@@ -48,6 +50,23 @@ def _schema() -> dict[str, Any]:
     return schema
 
 
+def _query_parameters() -> list[dict[str, Any]]:
+    """The upload form's options, as the query parameters OpenAPI clients generate."""
+    fields = _schema()["properties"]
+    return [
+        {
+            "name": name,
+            "in": "query",
+            "required": False,
+            "description": f"With an upload: {field.get('description', name)}",
+            "schema": {k: v for k, v in field.items() if k not in ("description", "title")},
+            **({"style": "form", "explode": True} if name == "policies" else {}),
+        }
+        for name, field in fields.items()
+        if name != "input_path"
+    ]
+
+
 @router.post(
     "/v1/batches",
     response_model=BatchOut,
@@ -58,6 +77,7 @@ def _schema() -> dict[str, Any]:
         415: {"model": ErrorResponse, "description": "A body in a format not taken."},
     },
     openapi_extra={
+        "parameters": _query_parameters(),
         "requestBody": {
             "required": True,
             "description": "JSON naming a server-side `input_path`, or the input itself "
@@ -69,13 +89,18 @@ def _schema() -> dict[str, Any]:
                     for media in UPLOAD_TYPES
                 },
             },
-        }
+        },
     },
 )
 async def create_batch(request: Request, key: BatchKey, svc: ServiceDep) -> BatchOut:
     """Create a batch job. It is queued at once (202) and runs in the background; poll
     `GET /v1/batches/{id}`, then fetch `GET /v1/batches/{id}/results`."""
     media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise UnsupportedMediaType(
+            f"Content-Encoding {encoding} is not taken; send the input uncompressed."
+        )
     if media == "application/json":
         if request.query_params:
             raise InputError(
@@ -94,7 +119,7 @@ async def create_batch(request: Request, key: BatchKey, svc: ServiceDep) -> Batc
                 f"{body.input_format}; send one that agrees."
             )
         body = body.model_copy(update={"input_format": fmt})
-        upload = request.stream()
+        upload = _until_disconnect(request)
     else:
         raise UnsupportedMediaType(
             f"Send the input as the body with Content-Type {', '.join(UPLOAD_TYPES)}, or "
@@ -106,6 +131,16 @@ async def create_batch(request: Request, key: BatchKey, svc: ServiceDep) -> Batc
     policies = await svc.resolve(body.policies, body.policy_text)
     svc.check_mode(body.mode or svc.settings.mode)
     return await svc.batches.create(body, policies, key, upload)
+
+
+async def _until_disconnect(request: Request) -> AsyncIterator[bytes]:
+    """The upload's bytes; a client that goes away mid-upload is an input error, not a 500
+    (nothing of the job is kept)."""
+    try:
+        async for chunk in request.stream():
+            yield chunk
+    except ClientDisconnect:
+        raise InputError("The upload was cut off before its end; send it again.") from None
 
 
 async def _json(request: Request, limit: int) -> Any:
