@@ -3,6 +3,7 @@ embedded model for a few real requests, the official openai client, SQLite and P
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -81,6 +82,41 @@ def test_admission_rate_limit_and_cache_with_a_fake_clock():
     assert cache.get("a") is None and cache.get("c") == 3  # least recently used went
     now[0] += 6
     assert cache.get("c") is None
+
+
+def test_caches_are_bounded_by_bytes_not_only_by_entries():
+    cache: TTLCache[str] = TTLCache(60, 1000, max_bytes=100, size_of=len)
+    for key in "abcdefghij":
+        cache.put(key, key * 30)  # 30 bytes each: three fit
+    assert len(cache) == 3 and cache.bytes == 90
+    assert cache.get("a") is None and cache.get("j") == "j" * 30
+    cache.put("big", "x" * 101)  # larger than the whole budget: not kept, nothing evicted
+    assert cache.get("big") is None and len(cache) == 3
+    cache.put("j", "j")  # replacing an entry gives its bytes back
+    assert cache.bytes == 61
+
+
+def test_idempotency_answers_stay_within_their_byte_budget():
+    from magistrate.server.idempotency import IDEMPOTENCY_MAX_BYTES, Idempotency
+
+    # One answer of 16 items x 4 policies measured about 95 KiB; by entry count alone (100,000)
+    # the answers could take ~9 GiB.
+    answer = {"decisions": [{"rationale": "r" * 1400, "metadata": {"k": "v" * 40}}] * 64}
+    keys = Idempotency(max_bytes=1_000_000)
+
+    async def fill() -> None:
+        for n in range(100):
+
+            async def make() -> dict[str, object]:
+                return answer
+
+            await keys.run("caller", f"key-{n}", "digest", make)
+
+    asyncio.run(fill())
+    assert 0 < keys._answers.bytes <= 1_000_000 and len(keys._answers) < 100
+    assert keys._answers.get("caller:key-99") is not None  # the newest stay
+    assert keys._answers.get("caller:key-0") is None
+    assert IDEMPOTENCY_MAX_BYTES <= 512 * 1024 * 1024
 
 
 def test_committed_openapi_document_matches_the_app():

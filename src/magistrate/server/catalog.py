@@ -22,6 +22,8 @@ from magistrate.server.limits import TTLCache
 from magistrate.store import PolicyVersion, Store
 
 POLICIES_KEPT = 1024
+POLICIES_MAX_BYTES = 128 * 1024 * 1024
+"""Parsed policies kept per process, estimated from their texts (`policy_size`)."""
 """Parsed policy texts kept per process, least recently used dropped first."""
 ACTIVE_TTL_S = 1.0
 """How long the active-version map is reused before the store is read again."""
@@ -36,7 +38,9 @@ class PolicyCatalog:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._parsed: TTLCache[Policy] = TTLCache(math.inf, POLICIES_KEPT)
+        self._parsed: TTLCache[Policy] = TTLCache(
+            math.inf, POLICIES_KEPT, max_bytes=POLICIES_MAX_BYTES, size_of=policy_size
+        )
         self._builtin_names = frozenset(builtin_policy_names())
         self._builtins: dict[str, Policy] = {}
         self._active: tuple[float, dict[str, str]] = (-math.inf, {})
@@ -152,4 +156,10 @@ class PolicyCatalog:
         self._active = (-math.inf, {})
 
 
-__all__ = ["POLICIES_KEPT", "PolicyCatalog"]
+def policy_size(policy: Policy) -> int:
+    """A parsed policy's memory, roughly: its text, its body, and the sections and rules
+    cut from them (about four times the text), plus a fixed part."""
+    return 4 * len(policy.text.encode("utf-8", "replace")) + 4096
+
+
+__all__ = ["POLICIES_KEPT", "POLICIES_MAX_BYTES", "PolicyCatalog", "policy_size"]

@@ -7,6 +7,7 @@ caches (the decision log and the policies are shared through the store).
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections import OrderedDict
@@ -110,23 +111,48 @@ class RateLimiter:
 
 
 class TTLCache(Generic[V]):
-    """A small LRU cache whose entries expire after `ttl_s` seconds."""
+    """A small LRU cache whose entries expire after `ttl_s` seconds, bounded by entry count
+    and, with `size_of`, by bytes: an entry count alone says nothing about memory when one
+    entry may be a few bytes or a few hundred kilobytes.
+
+    Args:
+        ttl_s: Seconds an entry stays (`math.inf`: until pushed out).
+        max_entries: Entries kept at most.
+        max_bytes: Bytes kept at most, as `size_of` estimates them (least recently used
+            entries go first; an entry larger than the whole budget is not kept).
+        size_of: An entry's size in bytes (default: every entry counts 0).
+        clock: Monotonic clock (tests pass a fake).
+    """
 
     def __init__(
-        self, ttl_s: float, max_entries: int, clock: Callable[[], float] = time.monotonic
+        self,
+        ttl_s: float,
+        max_entries: int,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        max_bytes: float = math.inf,
+        size_of: Callable[[V], int] | None = None,
     ) -> None:
         self.ttl_s = ttl_s
         self.max_entries = max_entries
-        self._data: OrderedDict[str, tuple[float, V]] = OrderedDict()
+        self.max_bytes = max_bytes
+        self._size_of = size_of
+        self._data: OrderedDict[str, tuple[float, V, int]] = OrderedDict()
+        self._bytes = 0
         self._clock = clock
+
+    @property
+    def bytes(self) -> int:
+        """The estimated size of what is kept."""
+        return self._bytes
 
     def get(self, key: str) -> V | None:
         entry = self._data.get(key)
         if entry is None:
             return None
-        stored, value = entry
+        stored, value, _ = entry
         if self._clock() - stored > self.ttl_s:
-            del self._data[key]
+            self.pop(key)
             return None
         self._data.move_to_end(key)
         return value
@@ -134,13 +160,25 @@ class TTLCache(Generic[V]):
     def put(self, key: str, value: V) -> None:
         if self.ttl_s <= 0 or self.max_entries <= 0:
             return
-        self._data[key] = (self._clock(), value)
-        self._data.move_to_end(key)
-        while len(self._data) > self.max_entries:
-            self._data.popitem(last=False)
+        size = self._size_of(value) if self._size_of is not None else 0
+        self.pop(key)
+        if size > self.max_bytes:
+            return
+        self._data[key] = (self._clock(), value, size)
+        self._bytes += size
+        while len(self._data) > self.max_entries or self._bytes > self.max_bytes:
+            _, (_, _, gone) = self._data.popitem(last=False)
+            self._bytes -= gone
 
     def pop(self, key: str) -> None:
-        self._data.pop(key, None)
+        entry = self._data.pop(key, None)
+        if entry is not None:
+            self._bytes -= entry[2]
 
     def __len__(self) -> int:
         return len(self._data)
+
+
+def json_size(value: object) -> int:
+    """Bytes of `value` as compact JSON: the size of an answer kept for replay."""
+    return len(json.dumps(value, separators=(",", ":"), default=str).encode("utf-8", "replace"))

@@ -71,6 +71,8 @@ class ServerSettings(BaseModel):
     cache_ttl_s: float = 300.0
     """Identical judgements within this window are answered from memory."""
     cache_entries: int = 10_000
+    cache_max_bytes: int = 64 * 1024 * 1024
+    """Bytes the result cache may hold (estimated per decision), whatever its entry count."""
     allow_inline_policies: bool = False
     moderation_categories: dict[str, str] = Field(
         default_factory=lambda: dict(MODERATION_CATEGORIES)

@@ -35,9 +35,9 @@ from magistrate.item import Item
 from magistrate.policy import Policy, parse_policy
 from magistrate.prompt import Effort, Mode
 from magistrate.server.batches import BatchJobs
-from magistrate.server.catalog import PolicyCatalog
+from magistrate.server.catalog import PolicyCatalog, policy_size
 from magistrate.server.idempotency import Idempotency
-from magistrate.server.limits import Admission, RateLimiter, TTLCache
+from magistrate.server.limits import Admission, RateLimiter, TTLCache, json_size
 from magistrate.server.metrics import Metrics
 from magistrate.server.moderation import moderation_result, moderation_texts
 from magistrate.server.schemas import (
@@ -65,6 +65,8 @@ ANONYMOUS = ApiKey(
 JUDGES_KEPT = 256
 """Judges kept per process (one per policy set, mode, effort and strategy), least recently
 used dropped first."""
+JUDGES_MAX_BYTES = 128 * 1024 * 1024
+"""The same, by the size of their policies (a judge of inline policies holds their texts)."""
 
 
 class Service:
@@ -92,13 +94,23 @@ class Service:
         self.metrics = Metrics()
         self.admission = Admission(self.backend.max_concurrency, settings.queue)
         self.rate = RateLimiter(settings.rate_per_minute)
-        self.results: TTLCache[Decision] = TTLCache(settings.cache_ttl_s, settings.cache_entries)
+        self.results: TTLCache[Decision] = TTLCache(
+            settings.cache_ttl_s,
+            settings.cache_entries,
+            max_bytes=settings.cache_max_bytes,
+            size_of=decision_size,
+        )
         self.draining = False
         self.catalog = PolicyCatalog(self.store)
         self.idempotency = Idempotency()
         self.batches = BatchJobs(settings, self.store, self.backend)
         # Bounded: inline policies make a new text (and judge) per request.
-        self._judges: TTLCache[Judge] = TTLCache(math.inf, JUDGES_KEPT)
+        self._judges: TTLCache[Judge] = TTLCache(
+            math.inf,
+            JUDGES_KEPT,
+            max_bytes=JUDGES_MAX_BYTES,
+            size_of=lambda judge: 2 * sum(policy_size(p) for p in judge.policies),
+        )
         if settings.policies_dir:
             self.catalog.load_directory(Path(settings.policies_dir))
 
@@ -462,6 +474,13 @@ class Service:
         self.store.close()
 
 
+def decision_size(decision: Decision) -> int:
+    """A cached decision's memory, roughly: its texts and metadata plus a fixed part."""
+    v = decision.verdict
+    texts = (v.rationale, v.answer, decision.reasoning, decision.error, v.detail)
+    return 2048 + sum(len(t) for t in texts if t) + json_size(dict(decision.metadata))
+
+
 def inline_policy(text: str) -> Policy:
     """A policy sent with the request (when the server allows it).
 
@@ -473,4 +492,12 @@ def inline_policy(text: str) -> Policy:
     return parse_policy(text, source="request", default_id="inline")
 
 
-__all__ = ["ANONYMOUS", "JUDGES_KEPT", "SCOPES", "Service", "inline_policy"]
+__all__ = [
+    "ANONYMOUS",
+    "JUDGES_KEPT",
+    "JUDGES_MAX_BYTES",
+    "SCOPES",
+    "Service",
+    "decision_size",
+    "inline_policy",
+]
