@@ -249,25 +249,195 @@ def path(database: DatabaseOption = None) -> None:
         out_console.out(store.location, highlight=False)
 
 
+KeyOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--key",
+        envvar="MAGISTRATE_CHECKPOINT_KEY",
+        help="The Ed25519 key file (default: checkpoint-ed25519.pem in the user config "
+        "folder). Keep it outside the database, readable only by whoever signs checkpoints.",
+        show_default=False,
+    ),
+]
+PublicKeyOption = Annotated[
+    str | None,
+    typer.Option(
+        help="The signer's public key (base64, as `logs keygen` prints it) to pin; without "
+        "it the key inside the checkpoint is used, which only shows it was not altered.",
+        show_default=False,
+    ),
+]
+
+
 @logs_app.command("verify")
 def verify(
+    checkpoint: Annotated[
+        str | None,
+        typer.Option(
+            help="Also prove that the log extends this signed checkpoint (a file, or the "
+            "URL of a server's /v1/checkpoint): no row it covers was changed or removed.",
+            show_default=False,
+        ),
+    ] = None,
+    public_key: PublicKeyOption = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
     database: DatabaseOption = None,
 ) -> None:
-    """Recompute the hash chain and every policy hash; exit 4 naming the first bad row."""
+    """Recompute the hash chain and every policy hash; exit 4 naming the first bad row.
+
+    With --checkpoint, also check the log against a signed checkpoint: the chain alone
+    cannot see rows rewritten together with every later hash, or rows cut off the end.
+    """
+    from magistrate.store.checkpoints import check_checkpoint
+
+    signed = _load_checkpoint(checkpoint) if checkpoint else None
     with Store(database) as store:
         report = store.verify()
+        extends = check_checkpoint(store, signed, public_key=public_key) if signed else None
+    ok = report.ok and (extends is None or extends.ok)
     if as_json:
-        out_console.out(json.dumps({"log": store.location, **report.to_dict()}), highlight=False)
-    elif report.ok:
-        out_console.print(
-            f"[green]OK[/]: {report.decisions} decisions and {report.policies} policy texts in "
-            f"{escape(store.location)} match their hashes."
-        )
+        data: dict[str, Any] = {"log": store.location, **report.to_dict()}
+        if extends is not None and signed is not None:
+            data["checkpoint"] = {**extends.to_dict(), "signed": signed.size, "key": signed.key_id}
+        data["ok"] = ok
+        out_console.out(json.dumps(data), highlight=False)
     else:
-        err_console.print(
-            f"[bold red]FAILED[/]: {escape(str(report.problem))}. {report.decisions} rows "
-            "before it check out."
-        )
-    if not report.ok:
+        if report.ok:
+            out_console.print(
+                f"[green]OK[/]: {report.decisions} decisions and {report.policies} policy texts "
+                f"in {escape(store.location)} match their hashes."
+            )
+        else:
+            err_console.print(
+                f"[bold red]FAILED[/]: {escape(str(report.problem))}. {report.decisions} rows "
+                "before it check out."
+            )
+        if extends is not None and signed is not None:
+            if extends.ok:
+                pinned = "" if public_key else " (key not pinned: pass --public-key)"
+                out_console.print(
+                    f"[green]OK[/]: the log extends the checkpoint of {signed.created_at} "
+                    f"({signed.size} rows, key {signed.key_id}){pinned}."
+                )
+            else:
+                err_console.print(f"[bold red]FAILED[/]: {escape(str(extends.problem))}.")
+    if not ok:
         raise typer.Exit(EXIT_VERIFY_FAILED)
+
+
+def _load_checkpoint(where: str) -> Any:
+    from magistrate.store.checkpoints import read_checkpoint
+
+    if where.startswith(("http://", "https://")):
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(where, timeout=30) as answer:
+                body = answer.read(1_000_000)
+        except (urllib.error.URLError, OSError) as exc:
+            raise ConfigError(f"Cannot fetch the checkpoint at {where}: {exc}.") from None
+        return read_checkpoint(body, where=where)
+    try:
+        return read_checkpoint(Path(where).read_bytes(), where=where)
+    except OSError as exc:
+        raise ConfigError(f"Cannot read the checkpoint {where}: {exc.strerror}.") from None
+
+
+@logs_app.command("keygen")
+def keygen(
+    key: KeyOption = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing key.")] = False,
+) -> None:
+    """Create the Ed25519 key that signs checkpoints; prints its public half."""
+    from magistrate.store.checkpoints import (
+        default_key_path,
+        generate_key,
+        key_id,
+        public_key_text,
+    )
+
+    path = key or default_key_path()
+    public = public_key_text(generate_key(path, force=force))
+    out_console.out(public, highlight=False)
+    err_console.print(
+        f"Wrote {escape(str(path))} (mode 600), key {key_id(public)}. Keep it outside the "
+        "database; give auditors the public key above (`logs verify --public-key`)."
+    )
+
+
+@logs_app.command("checkpoint")
+def checkpoint_(
+    key: KeyOption = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Write here instead of stdout."),
+    ] = None,
+    database: DatabaseOption = None,
+) -> None:
+    """Sign the log as it is now: its size, Merkle root and last row hash (JSON).
+
+    Store checkpoints where the database's writers cannot change them; `logs verify
+    --checkpoint` then proves that no row they cover was later changed or removed.
+    """
+    from magistrate.batch.manifest import replace_whole
+    from magistrate.store.checkpoints import default_key_path, load_key, make_checkpoint
+
+    signing = load_key(key or default_key_path())
+    with Store(database) as store:
+        signed = make_checkpoint(store, signing)
+    if output is None:
+        out_console.out(signed.to_json(), end="", highlight=False)
+    else:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        replace_whole(output, signed.to_json())
+        err_console.print(
+            f"Signed {signed.size} rows (root {signed.root[:16]}..., key {signed.key_id}) "
+            f"into {escape(str(output))}."
+        )
+
+
+@logs_app.command("prove")
+def prove(
+    decision_id: Annotated[str, typer.Argument(help="The decision's full ULID.")],
+    checkpoint: Annotated[
+        str | None,
+        typer.Option(help="Prove against this checkpoint's size (default: the log now)."),
+    ] = None,
+    database: DatabaseOption = None,
+) -> None:
+    """Print an inclusion proof for one decision: its row and the hashes leading to the
+    tree root of a checkpoint. `logs check-proof` verifies it without the database."""
+    from magistrate.store.checkpoints import inclusion_proof
+
+    size = _load_checkpoint(checkpoint).size if checkpoint else None
+    with Store(database) as store:
+        proof = inclusion_proof(store, decision_id, size=size)
+    out_console.out(json.dumps(proof, ensure_ascii=False, indent=2), highlight=False)
+
+
+@logs_app.command("check-proof")
+def check_proof(
+    proof: Annotated[Path, typer.Argument(help="The JSON `logs prove` printed.")],
+    checkpoint: Annotated[str, typer.Option(help="The signed checkpoint (file or URL).")],
+    public_key: PublicKeyOption = None,
+) -> None:
+    """Check an inclusion proof against a signed checkpoint, without the database; exit 4
+    when the decision is not in the log the checkpoint signed (or was changed)."""
+    from magistrate.store.checkpoints import check_inclusion, check_signature
+
+    signed = _load_checkpoint(checkpoint)
+    try:
+        data = json.loads(proof.read_text("utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"Cannot read the proof {proof}: {exc}.") from None
+    problem = check_signature(signed, public_key) or check_inclusion(data, signed)
+    if problem is not None:
+        err_console.print(f"[bold red]FAILED[/]: {escape(problem)}.")
+        raise typer.Exit(EXIT_VERIFY_FAILED)
+    row = data["row"]
+    out_console.print(
+        f"[green]OK[/]: decision {escape(str(row.get('id')))} is row {data['index'] + 1} of "
+        f"the {signed.size} rows the checkpoint of {signed.created_at} signed (key "
+        f"{signed.key_id})."
+    )

@@ -117,6 +117,14 @@ def serve(
     allow_inline_policies: Annotated[bool, typer.Option()] = False,
     moderation_categories: CategoriesOption = None,
     cors_origin: CorsOption = None,
+    checkpoint_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="Publish this signed checkpoint at GET /v1/checkpoint (`magistrate logs "
+            "checkpoint -o FILE` writes it; re-read at every request).",
+            show_default=False,
+        ),
+    ] = None,
     batch_dir: BatchDirOption = None,
     batch_input_root: BatchInputRootOption = None,
     batch_max_bytes: Annotated[
@@ -160,6 +168,7 @@ def serve(
         "cache_ttl_s": cache_ttl,
         "allow_inline_policies": allow_inline_policies,
         "cors_origins": cors_origin or [],
+        "checkpoint_file": str(checkpoint_file) if checkpoint_file else None,
         "batch_dir": str(batch_dir) if batch_dir else None,
         "batch_input_root": str(batch_input_root) if batch_input_root else None,
         "batch_max_bytes": batch_max_bytes,

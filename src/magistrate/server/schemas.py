@@ -79,6 +79,9 @@ class ServerSettings(BaseModel):
     )
     cors_origins: list[str] = Field(default_factory=list)
     graceful_timeout_s: float = 30.0
+    checkpoint_file: str | None = None
+    """The signed checkpoint `GET /v1/checkpoint` publishes (what `magistrate logs checkpoint
+    -o FILE` writes; re-read at every request, so a cron job may replace it)."""
     batch_dir: str | None = None
     """Where batch jobs keep their inputs, outputs and manifests (default: `batches/` in the
     user data folder, beside the default log)."""

@@ -25,10 +25,12 @@ from magistrate.errors import (
     Forbidden,
     InputError,
     MagistrateError,
+    NotFound,
     PolicyError,
     RateLimited,
     TooLarge,
     Unauthorized,
+    Unavailable,
 )
 from magistrate.ids import new_ulid
 from magistrate.item import Item
@@ -50,6 +52,7 @@ from magistrate.server.schemas import (
     ServerSettings,
 )
 from magistrate.store import DecisionFilter, Recorder, Store, StoredDecision
+from magistrate.store.checkpoints import Checkpoint, read_checkpoint
 from magistrate.store.keys import SCOPES
 from magistrate.store.store import ApiKey
 
@@ -367,6 +370,30 @@ class Service:
             NotFound: No such decision (404); an outage is `StoreUnavailable` (503).
         """
         return await asyncio.to_thread(self.store.decision, decision_id)
+
+    async def checkpoint(self) -> Checkpoint:
+        """The signed checkpoint this server publishes.
+
+        Raises:
+            NotFound: None is configured, or its file is missing.
+            Unavailable: The file is not a checkpoint.
+        """
+        where = self.settings.checkpoint_file
+        if where is None:
+            raise NotFound(
+                "This server publishes no checkpoint; start it with --checkpoint-file FILE "
+                "(what `magistrate logs checkpoint -o FILE` writes)."
+            )
+        try:
+            text = await asyncio.to_thread(Path(where).read_bytes)
+        except OSError:
+            raise NotFound("No checkpoint has been written yet.") from None
+        try:
+            return read_checkpoint(text)
+        except InputError:
+            raise Unavailable(
+                "The published checkpoint file cannot be read.", code="checkpoint_unreadable"
+            ) from None
 
     # -- keys -------------------------------------------------------------------------------
 

@@ -1,13 +1,15 @@
-"""`/v1/decisions`: the decision log, newest first, and one decision by id."""
+"""`/v1/decisions`: the decision log, newest first, and one decision by id; `/v1/checkpoint`:
+the log's latest signed checkpoint."""
 
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 
-from magistrate.server.deps import AdminKey, ServiceDep
+from magistrate.server.deps import AdminKey, ClassifyKey, ServiceDep
 from magistrate.server.responses import ERRORS, NOT_FOUND
 from magistrate.server.schemas import DecisionList, StoredDecisionOut, Text
 from magistrate.store import DecisionFilter, StoredDecision
+from magistrate.store.checkpoints import Checkpoint
 from magistrate.store.store import parse_since
 
 router = APIRouter(tags=["decisions"])
@@ -68,3 +70,11 @@ async def get_decision(
     """One recorded decision by id (or a unique id prefix)."""
     # NotFound answers 404; StoreUnavailable (the database is down) answers 503.
     return _out(await svc.decision(decision_id), include_content)
+
+
+@router.get("/v1/checkpoint", response_model=Checkpoint, responses={**ERRORS, **NOT_FOUND})
+async def get_checkpoint(key: ClassifyKey, svc: ServiceDep) -> Checkpoint:
+    """The decision log's latest signed checkpoint (size, Merkle root, last row hash,
+    Ed25519 signature). Keep copies: `magistrate logs verify --checkpoint URL` later proves
+    that no decision it covers was changed or removed."""
+    return await svc.checkpoint()
