@@ -25,13 +25,13 @@ import resource
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from _common import ROOT, report
 
 from magistrate.backends.base import Backend, Capabilities, Completion, CompletionOptions, Usage
 from magistrate.batch import BatchJob, expand_inputs, job_spec
+from magistrate.batch.job import RayOptions
 from magistrate.engine import Judge, judge_all
 from magistrate.item import Item
 from magistrate.prompt import Prompt
@@ -140,12 +140,11 @@ def embedded(n: int, tmp: Path) -> None:
     report("batch vs judge_many (embedded model)", figures, ratio, ">= 0.97", ratio >= 0.97)
 
 
-def on_ray(n: int, tmp: Path) -> None:
+def on_ray(n: int, tmp: Path, batch_rows: int) -> None:
     sys.path.insert(0, str(ROOT / "tests"))
     from faultserver import FaultServer
 
     from magistrate.backends import backend_for
-    from magistrate.batch.job import RayOptions
     from magistrate.batch.ray import JudgeConfig, connect
 
     src = tmp / "ray.jsonl"
@@ -157,40 +156,23 @@ def on_ray(n: int, tmp: Path) -> None:
         judge = Judge(["spam"], backend_for(model, base_url=server.url), concurrency=2)
         spec = job_spec(sources, judge, model=model)
         config = JudgeConfig.of(judge, model, base_url=server.url)
-        timings, steady = {}, {}
-        for name, ray in (("local", None), ("ray", RayOptions(config, actors=2))):
+        timings = {}
+        for name, ray in (
+            ("local", None),
+            ("ray", RayOptions(config, actors=2, batch_rows=batch_rows)),
+        ):
             job = BatchJob(sources, tmp / f"{name}.parquet", judge, spec,
                            store=Store(tmp / f"{name}.db"), ray=ray)  # fmt: skip
-            seen: list[tuple[float, int]] = []
             start = time.perf_counter()
-            manifest = asyncio.run(job.run(progress_into(seen)))
+            manifest = asyncio.run(job.run())
             timings[name] = time.perf_counter() - start
-            steady[name] = steady_rate(seen, n)
             assert manifest.counts.no_verdict == 0 and manifest.counts.rows == n
     ratio = timings["local"] / timings["ray"]
     figures = {
         "local engine s": timings["local"],
         "ray, 2 actors s (actor start-up included)": timings["ray"],
-        "local rows/s once running": steady["local"],
-        "ray rows/s once running": steady["ray"],
     }
     report("ray (2 actors) vs local, 4-slot 200 ms server", figures, ratio, ">= 1.8", ratio >= 1.8)
-    print(f"once running (after the first 10% of rows): {steady['ray'] / steady['local']:.2f}x")
-
-
-def progress_into(seen: list[tuple[float, int]]) -> Callable[[int, int | None], None]:
-    def note(done: int, total: int | None) -> None:
-        seen.append((time.perf_counter(), done))
-
-    return note
-
-
-def steady_rate(seen: list[tuple[float, int]], n: int) -> float:
-    """Rows per second from the moment a tenth of the rows were done to the end: the rate
-    without start-up (a Ray job's includes starting its actors)."""
-    start = next((t, done) for t, done in seen if done >= n // 10)
-    end = seen[-1]
-    return (end[1] - start[1]) / max(end[0] - start[0], 1e-9)
 
 
 def main() -> None:
@@ -198,6 +180,7 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--embedded-items", type=int, default=100)
     parser.add_argument("--ray-items", type=int, default=400)
+    parser.add_argument("--ray-batch-rows", type=int, default=RayOptions.batch_rows)
     parser.add_argument("--skip-embedded", action="store_true")
     parser.add_argument("--skip-ray", action="store_true")
     parser.add_argument("--skip-scale", action="store_true")
@@ -206,7 +189,7 @@ def main() -> None:
         if not args.skip_scale:
             scale(args.items, Path(tmp))
         if not args.skip_ray:
-            on_ray(args.ray_items, Path(tmp))
+            on_ray(args.ray_items, Path(tmp), args.ray_batch_rows)
         if not args.skip_embedded:
             embedded(args.embedded_items, Path(tmp))
 

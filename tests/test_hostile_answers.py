@@ -214,3 +214,24 @@ def test_no_answer_ever_escapes_or_passes_invalid_probabilities_as_a_verdict(
             for value in (verdict.label_probs or {}).values():
                 assert isinstance(value, float | int) and math.isfinite(value)
                 assert 0.0 <= value <= 1.0 + 1e-9
+
+
+def test_model_output_with_nul_or_lone_surrogates_is_recorded_in_every_log(store_url):
+    from magistrate.store import Recorder, Store
+
+    store = Store(store_url)
+    answer = Completion(
+        text='{"violation": 1, "policy_category": null, "rule_ids": [], '
+        '"rationale": "bad\x00byte \ud800 here"}',
+        model="anything",
+        reasoning="thinking\x00 aloud",
+        usage=Usage(prompt_tokens=3),
+    )
+    judge = Judge([load_policy("spam")], Anything(answer), mode="reason", recorder=Recorder(store))
+    decision = asyncio.run(judge.judge("x")).decisions[0]  # used to fail: "NOT recorded"
+    assert decision.ok and decision.verdict.violation is True
+    stored = store.decision(decision.id).decision
+    assert stored.reasoning == "thinking\ufffd aloud"
+    assert stored.verdict.rationale is not None and "\x00" not in stored.verdict.rationale
+    assert store.verify().ok
+    store.close()

@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import warnings
 import weakref
@@ -810,7 +811,25 @@ def _checked(completion: object, backend: str) -> Completion:
         completion.reasoning, str | None
     ):
         raise MalformedAnswer(f"{backend} answered with text fields that are not text.")
+    if any(_UNSTORABLE.search(t) for t in (*texts, completion.reasoning or "")):
+        # A NUL (PostgreSQL text cannot hold it) or a lone surrogate (UTF-8 cannot encode
+        # it) in what the model wrote: replaced, so the decision is recorded alike in every
+        # log instead of failing to be recorded at all.
+        completion = replace(
+            completion,
+            text=_storable(completion.text),
+            model=_storable(completion.model),
+            finish_reason=_storable(completion.finish_reason),
+            reasoning=_storable(completion.reasoning) if completion.reasoning else None,
+        )
     return completion
+
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _storable(text: str) -> str:
+    return _UNSTORABLE.sub("\ufffd", text)
 
 
 def _label_map(probs: object) -> bool:
