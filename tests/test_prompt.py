@@ -34,3 +34,23 @@ def test_format_block_lists_the_policy_rules(spam, severity):
     assert sev.effort is Effort.HIGH
     native = build_prompt(severity, Item.of("x"), native_reasoning=True)
     assert "Rationale" not in native.system.split("## OUTPUT FORMAT")[1]
+
+
+def test_prompt_parts_are_built_once_per_policy_and_kept_within_bounds(monkeypatch):
+    from magistrate import prompt as prompt_module
+    from magistrate.item import Item
+    from magistrate.policy import parse_policy
+
+    texts = [f"# Policy {n}\n\n## VIOLATES (1)\n- {'x' * 400} {n}\n" for n in range(6)]
+    policies = [parse_policy(t, default_id=f"p{n}") for n, t in enumerate(texts)]
+    first = prompt_module.build_prompt(policies[0], Item.of("a"))
+    again = prompt_module.build_prompt(policies[0], Item.of("b"))
+    assert first.system is again.system  # built once, shared
+    assert again.messages[1].content == "b"
+    monkeypatch.setattr(prompt_module, "_PARTS_MAX_CHARS", 1000)
+    monkeypatch.setattr(prompt_module, "_PARTS", {})
+    monkeypatch.setattr(prompt_module, "_parts_chars", 0)
+    for policy in policies:
+        prompt_module.build_prompt(policy, Item.of("c"))
+        assert prompt_module._parts_chars <= 1000
+    assert len(prompt_module._PARTS) < len(policies)

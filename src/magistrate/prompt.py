@@ -156,12 +156,17 @@ class _PolicyParts:
 
 _PARTS: dict[tuple[str, bool], _PolicyParts] = {}
 _PARTS_KEPT = 256
+_PARTS_MAX_CHARS = 32 * 1024 * 1024
+"""Policy texts kept at most, in characters (a server takes inline policies of up to its
+body limit each)."""
+_parts_chars = 0
 
 
 def _policy_parts(policy: Policy, native_reasoning: bool) -> _PolicyParts:
     """A policy's prompt parts, built once per policy text (its hash) and kept while fewer
-    than `_PARTS_KEPT` texts are (then forgotten all at once: plain dict operations stay
-    safe across threads): a batch job builds millions of prompts from one policy."""
+    than `_PARTS_KEPT` texts and `_PARTS_MAX_CHARS` characters are (then forgotten all at
+    once: plain dict operations stay safe across threads): a batch job builds millions of
+    prompts from one policy."""
     key = (policy.hash, native_reasoning)
     parts = _PARTS.get(key)
     if parts is None:
@@ -174,9 +179,12 @@ def _policy_parts(policy: Policy, native_reasoning: bool) -> _PolicyParts:
             schema=answer_schema(policy) if json_output else None,
             grammar=None if json_output else answer_grammar(policy),
         )
-        if len(_PARTS) >= _PARTS_KEPT:
+        global _parts_chars
+        if len(_PARTS) >= _PARTS_KEPT or _parts_chars + len(parts.system) > _PARTS_MAX_CHARS:
             _PARTS.clear()
+            _parts_chars = 0
         _PARTS[key] = parts
+        _parts_chars += len(parts.system)
     return parts
 
 
