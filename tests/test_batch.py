@@ -364,11 +364,11 @@ def test_embedded_model_batch_matches_judge_many(tmp_path, embedded_backend):
 
 
 def test_a_running_job_is_locked_and_resumes_only_with_its_own_log(tmp_path, server):
-    from magistrate.batch.job import _exclusive
+    from magistrate.batch.job import job_lock
 
     _write_jsonl(tmp_path / "in.jsonl", _posts(6))
     args = ("in.jsonl", "-p", "spam", "-o", "o.jsonl")
-    with _exclusive(tmp_path / "o.jsonl"):  # as if another process were running the job
+    with job_lock(tmp_path / "o.jsonl"):  # as if another process were running the job
         busy = _batch(tmp_path, *args, server=server)
     assert busy.returncode == 1 and "Another process is running" in busy.stderr
     assert not (tmp_path / "o.jsonl.manifest.json").exists()

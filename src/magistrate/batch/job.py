@@ -274,7 +274,7 @@ class BatchJob:
                 the same command resumes.
             ErrorBudgetExceeded: Past `max_errors`; resumable the same way.
         """
-        with _exclusive(self.output):
+        with job_lock(self.output):
             return await self._run_locked(on_progress)
 
     async def _run_locked(self, on_progress: Progress | None) -> Manifest:
@@ -632,10 +632,24 @@ class RayOptions:
 
 
 @contextmanager
-def _exclusive(output: Path) -> Iterator[None]:
-    """Hold `OUTPUT.lock` while a job runs: two processes on one job would judge the same
-    rows twice and overwrite each other's parts."""
-    output.parent.mkdir(parents=True, exist_ok=True)
+def job_lock(output: Path, *, create: bool = True) -> Iterator[None]:
+    """Hold `OUTPUT.lock` for the block: a job holds it while it runs (two processes on one
+    job would judge the same rows twice and overwrite each other's parts), and the service
+    holds it to see whether a job runs and while it deletes one.
+
+    Args:
+        output: The job's output file.
+        create: Create the output's folder when missing; otherwise a missing folder means
+            no job there, and the block runs without a lock.
+
+    Raises:
+        JobLocked: Another process holds it.
+    """
+    if create:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    elif not output.parent.is_dir():
+        yield
+        return
     with open(output.with_name(output.name + ".lock"), "a+b") as handle:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

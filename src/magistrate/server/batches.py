@@ -23,13 +23,11 @@ runner dies), and a cancel written by any of them reaches the runner within `CAN
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
 import logging
 import os
 import re
 import shutil
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from itertools import islice
@@ -50,6 +48,7 @@ from magistrate.batch import (
     read_rows,
 )
 from magistrate.batch.inputs import check_columns
+from magistrate.batch.job import job_lock
 from magistrate.batch.manifest import Counts, manifest_path, replace_whole
 from magistrate.decision import OnAbstain
 from magistrate.engine import Judge
@@ -706,13 +705,7 @@ class BatchJobs:
             elapsed_s=round(manifest.elapsed_s, 3) if manifest else 0.0,
             failure_kinds=dict(manifest.failure_kinds) if manifest else {},
             failures=[
-                BatchFailure(
-                    row=f.row,
-                    item_id=f.item_id,
-                    policy_id=f.policy_id,
-                    status=f.status,
-                    reason=f.reason,
-                )
+                BatchFailure(**f.model_dump(exclude={"source"}))
                 for f in (manifest.failures if manifest else ())
             ],
             error=error,
@@ -852,7 +845,7 @@ class BatchJobs:
         def remove() -> None:
             # Holding the job's lock while the folder moves away: no process starts it now.
             try:
-                with _holding(output):
+                with job_lock(output, create=False):
                     trash = self.root / TRASH / f"{job_id}-{new_ulid()}"
                     trash.parent.mkdir(parents=True, exist_ok=True)
                     os.replace(self.root / job_id, trash)
@@ -867,39 +860,13 @@ class BatchJobs:
         await asyncio.to_thread(remove)
 
 
-def _lock_path(output: Path) -> Path:
-    return output.with_name(output.name + ".lock")
-
-
 def _held(output: Path) -> bool:
     """Whether some process holds the job's lock (runs it) right now."""
     try:
-        with _holding(output):
+        with job_lock(output, create=False):
             return False
     except JobLocked:
         return True
-
-
-@contextlib.contextmanager
-def _holding(output: Path) -> Iterator[None]:
-    """Hold the job's lock (`OUTPUT.lock`, as `BatchJob.run` does) for the block.
-
-    Raises:
-        JobLocked: Another process holds it.
-    """
-    lock = _lock_path(output)
-    if not lock.parent.is_dir():
-        yield
-        return
-    with open(lock, "a+b") as handle:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise JobLocked(f"{output} is locked.") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def _may_see(caller: ApiKey, record: BatchRecord) -> bool:
