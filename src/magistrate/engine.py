@@ -24,12 +24,14 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 import warnings
 import weakref
 from collections import deque
 from collections.abc import (
+    AsyncGenerator,
     AsyncIterable,
     AsyncIterator,
     Awaitable,
@@ -42,7 +44,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from magistrate.backends import DEFAULT_MODEL, Backend, get_backend
 from magistrate.completion import Completion, CompletionOptions, Usage
@@ -229,7 +231,7 @@ class _Clock:
 
 
 class _InFlight:
-    """The calls of `judge_many` that may still be running.
+    """The tasks of `fan_out` that may still be running.
 
     Counted from the tasks themselves (a finished task's done-callbacks may not have run yet
     when the generator resumes), and as a set: items sharing an identical earlier item's
@@ -239,9 +241,9 @@ class _InFlight:
     """
 
     def __init__(self) -> None:
-        self.tasks: set[asyncio.Task[tuple[Decision, ...]]] = set()
+        self.tasks: set[asyncio.Task[Any]] = set()
 
-    def add(self, tasks: Iterable[asyncio.Task[tuple[Decision, ...]]]) -> None:
+    def add(self, tasks: Iterable[asyncio.Task[Any]]) -> None:
         self.tasks.update(tasks)
 
     def count(self, limit: int) -> int:
@@ -250,15 +252,76 @@ class _InFlight:
             self.tasks = {t for t in self.tasks if not t.done()}
         return len(self.tasks)
 
-    def unfinished(self) -> set[asyncio.Task[tuple[Decision, ...]]]:
+    def unfinished(self) -> set[asyncio.Task[Any]]:
         self.tasks = {t for t in self.tasks if not t.done()}
         return self.tasks
 
 
-def _raise_first_failure(done: Iterable[asyncio.Task[tuple[Decision, ...]]]) -> None:
+def _raise_first_failure(done: Iterable[asyncio.Task[Any]]) -> None:
     for task in done:
         if not task.cancelled() and task.exception() is not None:
             task.result()
+
+
+class Started(Protocol):
+    """What `fan_out`'s `start` returns for one input: the tasks it started (maybe none)."""
+
+    @property
+    def tasks(self) -> tuple[asyncio.Task[Any], ...]: ...
+
+
+_S = TypeVar("_S", bound=Started)
+_In = TypeVar("_In")
+
+
+async def fan_out(
+    source: AsyncIterable[_In],
+    start: Callable[[_In, int], Awaitable[_S]],
+    *,
+    width: int,
+    read_ahead: int | None = None,
+) -> AsyncGenerator[_S, None]:
+    """The package's one fan-out: start work for a stream of inputs, yield it in input order.
+
+    `start(input, index)` begins the work for one input (its backend calls, as tasks) and
+    returns at once; each started input is yielded, in input order, once all its tasks are
+    done. At most `width` tasks run at once and at most `read_ahead` inputs (default
+    `2 * width + 8`) are read ahead, so memory does not grow with the input. A task that
+    fails with an exception stops the stream as soon as it finishes, not when its input's
+    turn comes. When the consumer stops (closes the generator) or an error propagates, every
+    task not yet yielded is cancelled and awaited first. `Judge.judge_many` (verdicts) and
+    `Subject.answer_many` (a chat model's answers) are both this loop.
+    """
+    read_ahead = read_ahead if read_ahead is not None else 2 * width + 8
+    pending: deque[_S] = deque()
+    live = _InFlight()
+    stream = source.__aiter__()
+    exhausted = False
+    read = 0
+    try:
+        while True:
+            while not exhausted and live.count(width) < width and len(pending) < read_ahead:
+                try:
+                    value = await anext(stream)
+                except StopAsyncIteration:
+                    exhausted = True
+                    break
+                started = await start(value, read)
+                read += 1
+                pending.append(started)
+                live.add(started.tasks)
+            if not pending:
+                return
+            if not all(task.done() for task in pending[0].tasks):
+                done, _ = await asyncio.wait(live.unfinished(), return_when=asyncio.FIRST_COMPLETED)
+                _raise_first_failure(done)  # a later input's failure stops the run now
+                continue
+            yield pending.popleft()
+    finally:
+        stranded = [task for p in pending for task in p.tasks]
+        for task in stranded:
+            task.cancel()
+        await asyncio.gather(*stranded, return_exceptions=True)
 
 
 _gates: weakref.WeakKeyDictionary[Backend, dict[asyncio.AbstractEventLoop, asyncio.Semaphore]]
@@ -521,39 +584,17 @@ class Judge:
             ErrorBudgetExceeded: More items than `max_errors` got no verdict.
         """
         budget = ErrorBudget(max_errors)
-        pending: deque[_Pending] = deque()
         twins: dict[str, _Pending] = {}  # share_identical: the items whose calls others may share
-        live = _InFlight()
-        read_ahead = 2 * self.concurrency + 8
-        source = _aiter(items).__aiter__()
-        exhausted = False
-        try:
-            while True:
-                while (
-                    not exhausted
-                    and live.count(self.concurrency) < self.concurrency
-                    and len(pending) < read_ahead
-                ):
-                    try:
-                        content = await anext(source)
-                    except StopAsyncIteration:
-                        exhausted = True
-                        break
-                    index = len(pending) + budget.done
-                    started = await self._start(content, index, lookup, twins)
-                    pending.append(started)
-                    live.add(started.tasks)
-                    if share_identical and started.tasks and not started.shared:
-                        twins[started.item.hash] = started
-                if not pending:
-                    return
-                if not all(task.done() for task in pending[0].tasks):
-                    done, _ = await asyncio.wait(
-                        live.unfinished(), return_when=asyncio.FIRST_COMPLETED
-                    )
-                    _raise_first_failure(done)  # a later item's failure stops the run now
-                    continue
-                first = pending.popleft()
+
+        async def start(content: Content, index: int) -> _Pending:
+            started = await self._start(content, index, lookup, twins)
+            if share_identical and started.tasks and not started.shared:
+                twins[started.item.hash] = started
+            return started
+
+        stream = fan_out(_aiter(items), start, width=self.concurrency)
+        async with contextlib.aclosing(stream):
+            async for first in stream:
                 if twins.get(first.item.hash) is first:
                     del twins[first.item.hash]
                 judgement = first.judgement()
@@ -561,11 +602,6 @@ class Judge:
                 if on_result is not None:
                     on_result(judgement)
                 yield judgement
-        finally:
-            stranded = [task for p in pending for task in p.tasks]
-            for task in stranded:
-                task.cancel()
-            await asyncio.gather(*stranded, return_exceptions=True)
 
     async def _start(
         self,
@@ -738,7 +774,7 @@ class Judge:
                         f"{self.backend.name} failed while answering "
                         f"({type(exc).__name__}); the item was not judged."
                     ) from exc
-        return _checked(completion, self.backend.name)
+        return checked_completion(completion, self.backend.name)
 
     def _read(self, call: _Call, completion: Completion) -> tuple[Verdict, ...]:
         """The verdicts of a completion; an answer that breaks the parser is unreadable."""
@@ -778,7 +814,7 @@ class Judge:
         return None
 
 
-def _checked(completion: object, backend: str) -> Completion:
+def checked_completion(completion: object, backend: str) -> Completion:
     """The completion, if its fields have the types the engine and the log rely on.
 
     Raises:
@@ -837,7 +873,7 @@ def _label_map(probs: object) -> bool:
     return probs is None or (isinstance(probs, Mapping) and all(isinstance(k, str) for k in probs))
 
 
-async def _aiter(items: Iterable[Content] | AsyncIterable[Content]) -> AsyncIterator[Content]:
+async def _aiter(items: Iterable[_In] | AsyncIterable[_In]) -> AsyncIterator[_In]:
     if isinstance(items, AsyncIterable):
         async for content in items:
             yield content

@@ -244,7 +244,7 @@ async def _judge_examples(
     """One pass of `judge` over the examples through `judge_many`, cached and recorded."""
     run_id = new_ulid()
     items = [Item.of(e.text, id=e.id, max_chars=max(judge.max_chars, 1)) for e in examples]
-    lookup = _lookup(store, judge, items) if store is not None and use_cache else None
+    lookup = log_lookup(store, judge, items) if store is not None and use_cache else None
     if store is not None:
         judge.recorder = Recorder(store, run_id=run_id)
     started = time.perf_counter()
@@ -255,7 +255,7 @@ async def _judge_examples(
     return _Pass(judge, run_id, rows, time.perf_counter() - started)
 
 
-def _lookup(store: Store, judge: Judge, items: Sequence[Item]) -> Lookup:
+def log_lookup(store: Store, judge: Judge, items: Sequence[Item]) -> Lookup:
     """The decision-log cache for one judge: recorded verdicts per policy, by item hash."""
     found = store.log.reusable(judge.cache_keys(), (item.hash for item in items))
 

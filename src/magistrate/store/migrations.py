@@ -136,10 +136,33 @@ def _m003_service(conn: Connection) -> None:
     meta.create_all(conn, tables=[meta.tables["api_keys"], meta.tables["active_policies"]])
 
 
+def _m004_generations(conn: Connection) -> None:
+    meta = sa.MetaData()
+    sa.Table(
+        "generations",
+        meta,
+        # A chat model's answers under evaluation (safety suites), keyed by what produced
+        # them: the cache a stopped suite resumes from. Questions are kept as hashes only.
+        sa.Column("id", sa.String(26), primary_key=True),
+        sa.Column("key", sa.String(64), nullable=False, index=True),
+        sa.Column("created_at", sa.String(32), nullable=False),
+        sa.Column("run_id", sa.String(26), index=True),
+        sa.Column("backend", sa.Text, nullable=False),
+        sa.Column("text", sa.Text, nullable=False),
+        sa.Column("reasoning", sa.Text),
+        sa.Column("finish_reason", sa.String(32), nullable=False),
+        sa.Column("usage", sa.Text, nullable=False),  # canonical JSON
+        sa.Column("latency_s", sa.Float, nullable=False),
+        sa.Column("error", sa.Text),  # set: no answer (never reused as one)
+    )
+    meta.create_all(conn)
+
+
 MIGRATIONS: list[tuple[str, Migration]] = [
     ("m001_policies_and_decisions", _m001_policies_and_decisions),
     ("m002_eval_runs", _m002_eval_runs),
     ("m003_service", _m003_service),
+    ("m004_generations", _m004_generations),
 ]
 """Every migration, oldest first. Append only."""
 

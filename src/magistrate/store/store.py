@@ -5,6 +5,7 @@
     ├── log         DecisionLog     record, query and verify the hash-chained decisions
     ├── policies    PolicyRegistry  policy texts by hash, versions, the active text per id
     ├── eval_runs   EvalRuns        eval runs (spec and metrics)
+    ├── generations GenerationLog   a chat model's answers under evaluation (safety suites)
     └── keys        ApiKeys         the HTTP service's API keys
 
 The store's own methods (`record`, `decisions`, `policy_text`, `add_run`, `api_key_for`, ...)
@@ -45,6 +46,7 @@ from magistrate.store.decisions import DecisionFilter, DecisionLog, Entry, parse
 from magistrate.store.keys import API_KEY_PREFIX, ApiKey, ApiKeys, key_hash
 from magistrate.store.policies import PolicyRegistry
 from magistrate.store.records import PolicyVersion, StoredDecision, VerifyReport
+from magistrate.store.generations import GenerationLog
 from magistrate.store.runs import EvalRuns
 
 
@@ -60,6 +62,7 @@ class Store:
         log: The decisions (`DecisionLog`).
         policies: The policy texts and active versions (`PolicyRegistry`).
         eval_runs: The eval runs (`EvalRuns`).
+        generations: A chat model's answers under evaluation (`GenerationLog`).
         keys: The API keys (`ApiKeys`).
 
     Raises:
@@ -75,6 +78,7 @@ class Store:
         self.policies = PolicyRegistry(self.db)
         self.log = DecisionLog(self.db, self.policies)
         self.eval_runs = EvalRuns(self.db)
+        self.generations = GenerationLog(self.db)
         self.keys = ApiKeys(self.db)
 
     @property
