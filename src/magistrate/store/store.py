@@ -43,10 +43,10 @@ from magistrate.store.database import (
     resolve_url,
 )
 from magistrate.store.decisions import DecisionFilter, DecisionLog, Entry, parse_since
+from magistrate.store.generations import GenerationLog
 from magistrate.store.keys import API_KEY_PREFIX, ApiKey, ApiKeys, key_hash
 from magistrate.store.policies import PolicyRegistry
 from magistrate.store.records import PolicyVersion, StoredDecision, VerifyReport
-from magistrate.store.generations import GenerationLog
 from magistrate.store.runs import EvalRuns
 
 
