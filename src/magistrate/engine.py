@@ -3,8 +3,9 @@
 `Judge` is the one judge every feature runs: `classify` (CLI and Python), evaluation, batch
 jobs and the server. It holds a bundle of one or more policies (a single policy is a bundle
 of one) and answers, for each item, one decision per policy plus the any-policy answer (a
-`Judgement`). `Judge.judge_many` is the only loop in the package that spreads items over a
-backend.
+`Judgement`). `Judge.judge_many` is how every verdict is made; its loop, `fan_out`, is the
+only loop in the package that spreads work over a backend (`subject.Subject.answer_many`,
+which asks a chat model questions for the safety suites, is its other caller).
 
 How several policies are judged is the judge's `strategy`:
 - `combined`: one prompt and one call per item (`prompt.build_bundle_prompt`, one answer
@@ -550,7 +551,7 @@ class Judge:
     ) -> AsyncIterator[Judgement]:
         """Judge a stream of items, yielding one `Judgement` per item in input order.
 
-        This is the package's only fan-out. Items are read lazily (an iterable or async
+        It runs on `fan_out`, the package's only fan-out. Items are read lazily (an iterable or async
         iterable of any length is never materialised): at most `concurrency` backend calls
         of this judge are in flight, and each call also waits on its backend's shared gate.
 
