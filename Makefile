@@ -15,7 +15,7 @@ STAMP_BASE  := $(VENV)/.stamp-base
 STAMP_DEV   := $(VENV)/.stamp-dev
 DATA_DIR    ?= ../shared/data
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench safety clean
 
 demo: $(STAMP_BASE)
 	$(BIN)/magistrate model install
@@ -26,6 +26,13 @@ test: $(STAMP_DEV)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy src
 	scripts/with-postgres $(BIN)/pytest -q
+
+# The chat-model safety suites on a small sample, embedded model as subject and grader;
+# add e.g. SAFETY_ARGS='--compare-system-prompt "..."' for a second column.
+SAMPLE      ?= 3
+safety: $(STAMP_BASE)
+	$(BIN)/magistrate model install
+	$(BIN)/magistrate safety run --data-dir $(DATA_DIR) --sample $(SAMPLE) $(SAFETY_ARGS)
 
 lint: $(STAMP_DEV)
 	$(BIN)/ruff check src tests bench

@@ -109,3 +109,41 @@ def test_cli_against_the_server(served, spam, tmp_path):
     record = json.loads(result.stdout)
     assert record["violation"] is True and record["backend"] == "openai/embedded"
     assert record["policy"]["hash"] == spam.hash
+
+
+def test_a_safety_run_compares_the_in_process_model_with_the_served_one(
+    served, embedded_backend, tmp_path
+):
+    """Two subjects, one in process and one behind an OpenAI-compatible endpoint, side by
+    side in one table; exact-check suites only, so no grader is needed."""
+    from safetydata import make_data
+
+    from magistrate.safety import Grading, grader_policies, load_cases, run_safety
+    from magistrate.store import Store
+    from magistrate.subject import Subject
+
+    cases = load_cases(["hierarchy"], sample=1, data=make_data(tmp_path / "data"))
+    remote = OpenAIBackend("embedded", base_url=served, max_concurrency=1)
+    subjects = [
+        Subject(embedded_backend, max_tokens=24, label="here"),
+        Subject(remote, max_tokens=24, label="served"),
+    ]
+    store = Store(tmp_path / "log.db")
+    report = asyncio.run(
+        run_safety(
+            subjects,
+            cases,
+            Grading(grader_policies(), embedded_backend),
+            store=store,
+            validate=False,
+        )
+    )
+    assert [s["settings"]["backend"] for s in report["subjects"]] == [
+        embedded_backend.name,
+        "openai/embedded",
+    ]
+    assert all(o["answered"] for run in report["outcomes"] for o in run), report["outcomes"]
+    held = next(r for r in report["rows"] if r["key"] == "hierarchy.held")
+    assert [m["n"] for m in held["models"]] == [4, 4] and held["difference"]["cases"] == 4
+    assert store.generations.count() == 2 * len(cases)
+    store.close()
