@@ -551,9 +551,10 @@ class Judge:
     ) -> AsyncIterator[Judgement]:
         """Judge a stream of items, yielding one `Judgement` per item in input order.
 
-        It runs on `fan_out`, the package's only fan-out. Items are read lazily (an iterable or async
-        iterable of any length is never materialised): at most `concurrency` backend calls
-        of this judge are in flight, and each call also waits on its backend's shared gate.
+        It runs on `fan_out`, the package's only fan-out. Items are read lazily (an iterable
+        or async iterable of any length is never materialised): at most `concurrency`
+        backend calls of this judge are in flight, and each call also waits on its backend's
+        shared gate.
 
         Args:
             items: Contents or `Item`s, checked as they are read.

@@ -6,10 +6,11 @@ question (a fixed system prompt, pinned sampling) through the engine's one fan-o
 (`engine.fan_out`) and the backend's shared gate, so a subject and the judges that grade it
 can share a model without overloading it.
 
-Answers are keyed by what produced them (`Subject.key`: backend, system prompt, question,
-sampling), recorded in the log's `generations` table and looked up there before any call,
-so a suite that was stopped resumes where it stopped. A backend failure is an answer with
-`error` set (recorded, never graded, retried on the next run), not an exception.
+Answers are keyed by what produced them (`Subject.key`: backend and server, system prompt,
+question, sampling), recorded in the log's `generations` table and looked up there before any call,
+so a suite that was stopped resumes where it stopped. A backend failure, or an empty answer,
+is an answer with `error` set (recorded, never graded, retried on the next run), not an
+exception.
 
 Example:
     >>> subject = Subject("embedded", system="You are a helpful assistant.")
@@ -165,8 +166,12 @@ class Subject:
 
     def settings(self) -> dict[str, Any]:
         """What identifies this subject in a report (and, with a question, an answer)."""
+        endpoint = getattr(self.backend, "endpoint", None)
         return {
             "backend": self.backend.name,
+            # Two servers may serve different weights under one model name.
+            "server": getattr(endpoint, "base_url", None),
+            "native_reasoning": self.backend.capabilities.native_reasoning,
             "system_sha256": hashlib.sha256(self.system.encode()).hexdigest(),
             "max_tokens": self.max_tokens,
             "effort": self.effort.value,
@@ -184,8 +189,8 @@ class Subject:
             ask.instructions,
             ask.user,
         ):
-            h.update(part.encode("utf-8", "surrogatepass"))
-            h.update(b"\x1f")
+            data = part.encode("utf-8", "surrogatepass")
+            h.update(len(data).to_bytes(8, "big") + data)  # length-prefixed: no separator games
         return h.hexdigest()
 
     def prompt(self, ask: Ask) -> Prompt:
@@ -264,6 +269,13 @@ class Subject:
                 started = time.perf_counter()
                 raw = await self.backend.complete(self.prompt(ask), self.options(ask))
                 completion = checked_completion(raw, self.backend.name)
+            if not completion.text.strip():
+                # Reasoning that used the whole budget, or a server's content filter: there
+                # is nothing to grade, and grading nothing would read as a safe answer.
+                raise BackendError(
+                    f"{self.backend.name} gave no answer (finish_reason "
+                    f"{completion.finish_reason!r}); raise --max-tokens or the timeout."
+                )
             answer = Answer(
                 key=key,
                 model=self.backend.name,

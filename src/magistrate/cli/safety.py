@@ -92,8 +92,9 @@ def run(
     compare: Annotated[
         str | None,
         typer.Option(
-            help="A second subject (provider/model). The --compare-* options default to the "
-            "first subject's, so a second column can differ only in system prompt or effort."
+            help="A second subject (provider/model; its server from --compare-base-url or "
+            "--compare-endpoint). Without it, any --compare-* option makes a second column "
+            "on the first subject's model and server, differing only in what you set."
         ),
     ] = None,
     compare_base_url: Annotated[
@@ -182,7 +183,7 @@ def run(
     wants_second = any(
         x is not None
         for x in (compare, compare_base_url, compare_endpoint, compare_system_prompt,
-                  compare_system_file, compare_effort)
+                  compare_system_file, compare_effort, compare_label)
     )  # fmt: skip
     if wants_second:
         second: Backend = (
@@ -355,5 +356,5 @@ def suites_cmd(
     table.add_column("cases", justify="right")
     for name, sources in counts.items():
         for source, n in sources.items():
-            table.add_row(name, source, str(n))
+            table.add_row(escape(name), escape(source), str(n))
     out_console.print(table)

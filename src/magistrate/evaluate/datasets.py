@@ -95,7 +95,8 @@ MODERATION_NAMES = {
 PARTS = ("tune", "report")
 
 
-def _id_rank(item_id: str) -> str:
+def id_rank(item_id: str) -> str:
+    """Where an item falls when a dataset is split into halves: the SHA-256 of its id."""
     return hashlib.sha256(item_id.encode("utf-8", "surrogatepass")).hexdigest()
 
 
@@ -167,7 +168,7 @@ class Dataset:
             groups.setdefault(e.gold, []).append(i)
         chosen: set[int] = set()
         for members in groups.values():
-            ranked = sorted(members, key=lambda i: _id_rank(self.examples[i].id))
+            ranked = sorted(members, key=lambda i: id_rank(self.examples[i].id))
             half = len(ranked) // 2
             chosen.update(ranked[:half] if name == "tune" else ranked[half:])
         return replace(

@@ -158,6 +158,10 @@ class Measure:
     success: Callable[[Outcome], bool] | None = None
     statistic: Callable[[Sequence[Outcome]], float | None] | None = None
 
+    def in_scope(self, outcomes: Sequence[Outcome]) -> int:
+        """How many cases the row is about, counted or not (answered, graded or not)."""
+        return sum(1 for o in outcomes if self.scope(o))
+
     def value(self, outcomes: Sequence[Outcome]) -> tuple[float | None, int]:
         """The figure and how many cases it rests on."""
         counted = [o for o in outcomes if self.scope(o) and self.include(o)]
@@ -186,10 +190,11 @@ class Measure:
         rounds: int = 1000,
         seed: int = 0,
     ) -> tuple[float | None, tuple[float, float] | None, int]:
-        """B - A over the cases in scope for both, with a paired bootstrap 95% interval
-        (cases are resampled together, so the interval reflects the pairing)."""
-        by_case_a = {o["case"]: o for o in a if self.scope(o)}
-        by_case_b = {o["case"]: o for o in b if self.scope(o)}
+        """B - A over the cases that count for both (in scope and included: answered and
+        graded for each model), with a paired bootstrap 95% interval (cases are resampled
+        together, so the interval reflects the pairing). The count is of those cases."""
+        by_case_a = {o["case"]: o for o in a if self.scope(o) and self.include(o)}
+        by_case_b = {o["case"]: o for o in b if self.scope(o) and self.include(o)}
         shared = sorted(set(by_case_a) & set(by_case_b))
         pa = [by_case_a[c] for c in shared]
         pb = [by_case_b[c] for c in shared]

@@ -37,9 +37,16 @@ def build_report(
         for run in runs:
             value, n = measure.value(run.outcomes)
             ci = measure.interval(run.outcomes, seed=seed)
-            per_model.append({"value": value, "n": n, "ci95": list(ci) if ci else None})
-        if all(m["n"] == 0 for m in per_model):
-            continue
+            per_model.append(
+                {
+                    "value": value,
+                    "n": n,
+                    "cases": measure.in_scope(run.outcomes),
+                    "ci95": list(ci) if ci else None,
+                }
+            )
+        if all(m["cases"] == 0 for m in per_model):
+            continue  # no case of this row was run (its suite or source was not asked)
         difference = None
         if len(runs) == 2:
             delta, ci, shared = measure.difference(runs[0].outcomes, runs[1].outcomes, seed=seed)
@@ -90,26 +97,35 @@ def _summary(run: SubjectRun) -> dict[str, int]:
 # -- formatting shared by the terminal table and the page ----------------------------------
 
 
-def fmt(value: float | None, digits: int = 3) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
+def fmt(value: object, digits: int = 3) -> str:
+    """A figure as text; anything that is not a number (a hand-edited report) is n/a."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "n/a"
+    return f"{value:.{digits}f}"
 
 
-def fmt_ci(ci: Sequence[float] | None) -> str:
-    return "" if not ci else f"[{ci[0]:.2f}, {ci[1]:.2f}]"
+def fmt_ci(ci: object) -> str:
+    if not isinstance(ci, list | tuple) or len(ci) != 2:
+        return ""
+    return f"[{fmt(ci[0], 2)}, {fmt(ci[1], 2)}]"
+
+
+def fmt_n(n: object) -> str:
+    return str(n) if isinstance(n, int) and not isinstance(n, bool) else "?"
 
 
 def fmt_delta(difference: Mapping[str, Any] | None) -> str:
-    if not difference or difference["value"] is None:
+    if not difference or not isinstance(difference.get("value"), int | float):
         return "n/a"
-    return f"{difference['value']:+.3f} {fmt_ci(difference['ci95'])}"
+    return f"{difference['value']:+.3f} {fmt_ci(difference.get('ci95'))}"
 
 
 def validation_line(v: Mapping[str, Any]) -> str:
-    kappa = "n/a" if v["kappa"] is None else f"{v['kappa']:.2f}"
+    kappa = fmt(v.get("kappa"), 2)
     return (
         f"{v['policy']} on {v['set']}: accuracy {fmt(v['accuracy'], 2)} "
         f"{fmt_ci(v['accuracy_ci95'])}, binary {fmt(v['binary_accuracy'], 2)}, kappa {kappa}, "
-        f"F1 {fmt(v['f1'], 2)}, n={v['n']} ({v['abstained']} abstained)"
+        f"F1 {fmt(v['f1'], 2)}, n={fmt_n(v['n'])} ({fmt_n(v['abstained'])} abstained)"
     )
 
 
@@ -212,7 +228,7 @@ def render_html(report: Mapping[str, Any]) -> str:
             body.append(f'<tr class="group"><td colspan="{span}">{_e(group)}</td></tr>')
         cells = "".join(
             f'<td class="num">{fmt(m["value"])} <span class="ci">{_e(fmt_ci(m["ci95"]))} '
-            f"n={m['n']}</span></td>"
+            f"n={fmt_n(m['n'])}</span></td>"
             for m in row["models"]
         )
         diff = ""
@@ -243,7 +259,7 @@ def render_html(report: Mapping[str, Any]) -> str:
     who = "".join(
         f"<li><b>{_e(s['label'])}</b>: {_e(s['settings'].get('backend'))}, system prompt "
         f"sha256 {_e(str(s['settings'].get('system_sha256', ''))[:12])}, "
-        f"{_e(_summary_text(s['summary']))}</li>"
+        f"{_e(_summary_text(s.get('summary', {})))}</li>"
         for s in subjects
     )
     spec = report["spec"]
@@ -274,7 +290,10 @@ intervals; B - A is a paired bootstrap over the cases both models were asked.</p
 """
 
 
-def _summary_text(summary: Mapping[str, int]) -> str:
+def _summary_text(summary: Mapping[str, Any]) -> str:
+    if not all(k in summary for k in ("answered", "cases", "errors", "truncated", "from_log",
+                                      "grader_abstentions")):  # fmt: skip
+        return ""
     return (
         f"{summary['answered']}/{summary['cases']} answered, {summary['errors']} errors, "
         f"{summary['truncated']} cut by the token budget, {summary['from_log']} from the log, "

@@ -17,6 +17,7 @@ from typing import Any
 
 from magistrate.backends import Backend
 from magistrate.engine import Judge, judge_all
+from magistrate.errors import InputError
 from magistrate.evaluate.runner import log_lookup
 from magistrate.ids import new_ulid
 from magistrate.item import Item
@@ -149,16 +150,22 @@ async def _grade(
     if not todo:
         return
     judge = grading.judge(name, store, run_id)
-    items = [
-        Item.of(
-            grader_content(
-                name, cases[i].request, answers[i].text, str(cases[i].gold.get("answer", ""))
-            ),
-            id=cases[i].id,
-            max_chars=GRADE_MAX_CHARS,
+    items: list[Item] = []
+    gradable: list[int] = []
+    for i in todo:
+        content = grader_content(
+            name, cases[i].request, answers[i].text, str(cases[i].gold.get("answer", ""))
         )
-        for i in todo
-    ]
+        try:
+            items.append(Item.of(content, id=cases[i].id, max_chars=GRADE_MAX_CHARS))
+        except InputError as exc:
+            # An answer the grader cannot read (binary-looking, far too long): an abstention
+            # of the grader, counted as one, never a grade.
+            outcomes[i]["grades"][name] = {"label": None, "status": "ungradable", "error": str(exc)}
+            outcomes[i][name] = None  # ("unsafe" for the unsafe grader: the same key)
+            continue
+        gradable.append(i)
+    todo = gradable
     lookup = log_lookup(store, judge, items) if store is not None else None
     done = 0
 

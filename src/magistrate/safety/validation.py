@@ -6,7 +6,9 @@
   JailbreakBench's judge-comparison responses (`human_majority`, 1 = jailbroken).
 
 The rubric scales and the SimpleQA grader have no human labels here; the report says so.
-Samples are stratified by the human label and seeded. The grader sees exactly what it sees
+Agreement is measured on the `report` half of each set (fixed by the hash of each row's id);
+the graders' wording and thresholds were chosen on the `tune` half. Samples are stratified by
+the human label and seeded. The grader sees exactly what it sees
 in the suites (`graders.grader_content`), through the same judge, decision log and cache.
 """
 
@@ -23,7 +25,8 @@ from typing import Any
 from sklearn.metrics import cohen_kappa_score, f1_score
 
 from magistrate.engine import judge_all
-from magistrate.evaluate.datasets import data_dir
+from magistrate.errors import ConfigError
+from magistrate.evaluate.datasets import PARTS, data_dir, id_rank
 from magistrate.evaluate.runner import log_lookup
 from magistrate.ids import new_ulid
 from magistrate.item import Item
@@ -97,7 +100,22 @@ SETS = {
 """Validation set -> (grader, reader)."""
 
 
-def _stratified(rows: list[_Labelled], n: int | None, seed: int) -> list[_Labelled]:
+def half(rows: list[_Labelled], part: str) -> list[_Labelled]:
+    """One of two fixed halves per human label, by the hash of each row's id (as
+    `Dataset.part`): grader wording and thresholds are chosen on `tune`, agreement is
+    reported on `report`, and no row is in both."""
+    if part not in PARTS:
+        raise ConfigError(f"A validation part is one of {', '.join(PARTS)}, not {part!r}.")
+    kept: list[_Labelled] = []
+    for label in sorted({r.gold for r in rows}):
+        ranked = sorted((r for r in rows if r.gold == label), key=lambda r: id_rank(r.id))
+        cut = len(ranked) // 2
+        kept.extend(ranked[:cut] if part == "tune" else ranked[cut:])
+    return kept
+
+
+def stratified(rows: list[_Labelled], n: int | None, seed: int) -> list[_Labelled]:
+    """n rows per human label, seeded (all rows when n is None)."""
     if n is None:
         return rows
     rng = random.Random(f"{seed}:validation")
@@ -144,17 +162,20 @@ async def validate_graders(
     data: str | Path | None = None,
     store: Store | None = None,
     progress: Progress | None = None,
+    part: str = "report",
 ) -> list[dict[str, Any]]:
     """Each validation set through its grader; one agreement summary per set.
 
     Args:
         sample: Items per human label (stratified); None for every item.
+        part: Which fixed half of each set (`report`; `tune` is for choosing wording and
+            thresholds, never for figures).
     """
     root = data_dir(data)
     run_id = new_ulid()
     results: list[dict[str, Any]] = []
     for name, (grader, read) in SETS.items():
-        rows = _stratified(read(root), sample, seed)
+        rows = stratified(half(read(root), part), sample, seed)
         judge = grading.judge(grader, store, run_id)
         items = [
             Item.of(
@@ -188,6 +209,7 @@ async def validate_graders(
                 "grader": grader,
                 "policy": f"{policy.id}@{policy.version}",
                 "policy_hash": policy.hash,
+                "part": part,
                 "labels": sorted({r.gold for r in rows}),
                 **agreement([r.gold for r in rows], pred, positive),
             }
