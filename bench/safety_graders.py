@@ -4,7 +4,7 @@ Scores one or more candidate policies for a grader on the tune half (`validation
 validation set and prints ROC-AUC, accuracy at 0.5 and the best accuracy over thresholds.
 Figures for the report come from `magistrate safety run`, which uses the report half only.
 
-    python bench/safety_graders.py beavertails 20 default src/magistrate/safety/graders/answer-unsafe.md
+    MAGISTRATE_DATA_DIR=../shared/data python bench/safety_graders.py beavertails 20 mine.md
 """
 
 from __future__ import annotations
