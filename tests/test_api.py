@@ -27,8 +27,10 @@ def test_public_api_is_exactly_all():
         "policy",
         "ray",
         "prompt",
+        "safety",
         "server",
         "store",
+        "subject",
         "verdict",
     }
     assert public - submodules == set(magistrate.__all__) - {"__version__"}
