@@ -11,10 +11,9 @@ from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from magistrate.backends import DEFAULT_MODEL, backend_for
-from magistrate.cli.app import EXIT_NO_VERDICT, app, err_console, out_console
+from magistrate.cli.app import EXIT_NO_VERDICT, app, counting_progress, err_console, out_console
 from magistrate.cli.options import (
     BaseUrlOption,
     CalibrateOption,
@@ -176,13 +175,7 @@ def _judge_all(judge: Judge, items: list[Item], as_json: bool) -> list[Judgement
         result = asyncio.run(judge_all(judge, items))
         _show(result[0], as_json)
         return result
-    columns = (
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=err_console, transient=True) as progress:
+    with counting_progress() as progress:
         task = progress.add_task("classifying", total=len(items))
 
         def advance(judgement: Judgement) -> None:

@@ -15,11 +15,10 @@ from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from magistrate.backends import DEFAULT_MODEL, Backend, backend_for
-from magistrate.cli.app import app, err_console, out_console
+from magistrate.cli.app import app, counting_progress, err_console, out_console
 from magistrate.cli.options import (
     BaseUrlOption,
     DatabaseOption,
@@ -221,13 +220,7 @@ def run(
     )
     store = Store(database)
     spec = {"suites": suites, "sample": sample or "all", "seed": seed, "max_tokens": max_tokens}
-    columns = (
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=err_console, transient=True) as progress:
+    with counting_progress() as progress:
         tasks: dict[str, Any] = {}
 
         def advance(stage: str, done: int, total: int) -> None:
