@@ -58,6 +58,8 @@ class Completion:
             normalisation (low mass means the model wanted to say something else).
         slot_probs: Combined prompts in score mode: `label_probs` for each of the prompt's
             `slots`, in order; None where a slot's label could not be read.
+        features: With `CompletionOptions.features`: the model's hidden state at the label
+            position (what a fitted read-out reads); None when not asked for.
     """
 
     text: str
@@ -69,6 +71,7 @@ class Completion:
     label_probs: Mapping[str, float] | None = None
     label_mass: float | None = None
     slot_probs: tuple[Mapping[str, float] | None, ...] | None = None
+    features: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,8 @@ class CompletionOptions:
             the rationale is written for the chosen label.
         constrained: Decode under the prompt's JSON schema or grammar (no prefill).
         timeout_s: Give up after this many seconds (backends that can).
+        features: Also return the hidden state at the label position (`Completion.features`),
+            read in the same pass as the label logits; backends with `hidden_state` only.
     """
 
     max_tokens: int = 256
@@ -99,6 +104,7 @@ class CompletionOptions:
     label_threshold: float | None = None
     constrained: bool = False
     timeout_s: float | None = None
+    features: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """The options as recorded with a decision."""

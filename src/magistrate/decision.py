@@ -67,6 +67,8 @@ class Decision:
         latency_s: Seconds from request to verdict, over all attempts.
         error: The backend error, when the backend failed.
         metadata: The caller's item metadata, carried through untouched.
+        features: The hidden state at the label position, for a judge asked to keep it
+            (fitting a read-out); kept in memory only, never recorded.
     """
 
     id: str
@@ -87,6 +89,7 @@ class Decision:
     latency_s: float = 0.0
     error: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    features: tuple[float, ...] | None = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:

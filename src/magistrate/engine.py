@@ -63,6 +63,7 @@ from magistrate.ids import new_ulid
 from magistrate.item import DEFAULT_MAX_CHARS, Item
 from magistrate.policy import Policy, PolicyBundle, load_policy
 from magistrate.prompt import Effort, Mode, Prompt, build_bundle_prompt, build_prompt
+from magistrate.readout.artefact import ReadOut, ReadOutMismatch
 from magistrate.verdict import (
     ParseStatus,
     Verdict,
@@ -371,6 +372,12 @@ class Judge:
         recorder: Records every decision made (see `magistrate.store.Recorder`); None
             records nothing. Recording never changes a verdict; a decision that cannot be
             recorded raises `StoreError` naming it.
+        readouts: Fitted read-outs (`magistrate.readout.ReadOut`), at most one per policy,
+            each checked against its policy, the backend's model and the prompt layout
+            (`ReadOutMismatch` when it was fitted on anything else). A policy with a
+            read-out is judged by it in score mode; its decisions name it in `options`.
+        features: Keep the hidden state at the label position on each decision
+            (`Decision.features`, never recorded): what `magistrate fit` learns from.
 
     Raises:
         ConfigError: An unknown effort, mode or strategy, or a mode the backend cannot do.
@@ -393,6 +400,8 @@ class Judge:
         concurrency: int | None = None,
         on_abstain: OnAbstain | str = OnAbstain.ERROR,
         recorder: Recorder | None = None,
+        readouts: Iterable[ReadOut] = (),
+        features: bool = False,
     ) -> None:
         self.policies = _load_policies(policies)
         self.strategy = _enum(Strategy, strategy, "strategy")
@@ -427,7 +436,40 @@ class Judge:
         self.recorder = recorder
         self._calls = self._plan()
         self._decision_options: dict[tuple[object, ...], dict[str, Any]] = {}
+        self.features = features
+        self.readouts = self._bind(tuple(readouts))
+        if features and (self.mode is not Mode.SCORE or self.combined or not caps.hidden_state):
+            raise ConfigError(
+                f"Hidden states are read per policy in score mode, on a backend that returns "
+                f"them ({self.backend.name} {'does' if caps.hidden_state else 'does not'}); "
+                "use --mode score and one policy per prompt."
+            )
 
+    def _bind(self, readouts: tuple[ReadOut, ...]) -> dict[str, ReadOut]:
+        """The read-outs by policy hash, each checked against what it will read."""
+        if not readouts:
+            return {}
+        if self.mode is not Mode.SCORE or self.combined:
+            raise ConfigError(
+                "Read-outs judge one policy's prompt in score mode: use --mode score (and "
+                "--strategy separate with several policies), or pass --readout none. A "
+                "pipeline can send a read-out's unsure items to reason mode."
+            )
+        by_id = {p.id: p for p in self.policies}
+        bound: dict[str, ReadOut] = {}
+        for readout in readouts:
+            policy = by_id.get(readout.binding.policy_id)
+            if policy is None:
+                raise ReadOutMismatch(
+                    f"Read-out {readout.id} was fitted on policy {readout.binding.policy_id}, "
+                    f"which this judge does not have ({', '.join(by_id)})."
+                )
+            if policy.hash in bound:
+                raise ConfigError(f"Two read-outs were given for policy {policy.id}; pass one.")
+            probe = Item.of("representation probe")
+            readout.check(policy, self.backend.representation(self.prompt(probe, policy)))
+            bound[policy.hash] = readout
+        return bound
     @property
     def combined(self) -> bool:
         """True when several policies share one prompt per item."""
@@ -474,11 +516,13 @@ class Judge:
         if not combined and self.calibrated:
             threshold = (policy or self.policy).threshold
         if self.mode is Mode.SCORE:
+            target = policy or self.policy
             options = CompletionOptions(
                 max_tokens=1,
                 constrain_label=True,
                 label_threshold=threshold,
                 timeout_s=self.timeout_s,
+                features=not combined and (self.features or target.hash in self.readouts),
             )
         else:
             options = CompletionOptions(
@@ -511,6 +555,10 @@ class Judge:
                 out["bundle"] = self.bundle.hash
                 out["bundle_policies"] = list(self.bundle.ids)
             out["on_abstain"] = self.on_abstain.value
+            readout = None if policy is None and self.combined else self.readouts.get(target.hash)
+            if readout is not None:
+                out["readout"] = readout.id
+                out["readout_sha256"] = readout.hash
             if len(self._decision_options) >= 64:
                 self._decision_options.clear()
             self._decision_options[key] = out
@@ -723,6 +771,7 @@ class Judge:
                 latency_s=latency_s,
                 error=error,
                 metadata=dict(item.metadata),
+                features=completion.features if completion and self.features else None,
             )
             for policy, verdict in zip(call.policies, verdicts, strict=True)
         )
@@ -794,7 +843,11 @@ class Judge:
         if call.bundle is None:
             policy = call.policies[0]
             if self.mode is Mode.SCORE:
-                return (verdict_from_scores(completion.label_probs, policy),)
+                verdict = verdict_from_scores(completion.label_probs, policy)
+                readout = self.readouts.get(policy.hash)
+                if readout is not None:
+                    verdict = readout.apply(verdict, completion.features, policy)
+                return (verdict,)
             verdict = parse_verdict(completion.text, policy, truncated=truncated)
             return (with_scores(verdict, completion.label_probs, policy),)
         if self.mode is Mode.SCORE:
@@ -835,6 +888,11 @@ def checked_completion(completion: object, backend: str) -> Completion:
         )
     ):
         raise MalformedAnswer(f"{backend} gave label probabilities that are not keyed by label.")
+    if completion.features is not None and not (
+        isinstance(completion.features, tuple)
+        and all(isinstance(x, float | int) and not isinstance(x, bool) for x in completion.features)
+    ):
+        raise MalformedAnswer(f"{backend} returned a hidden state that is not a list of numbers.")
     usage = completion.usage
     counts = [
         usage.prompt_tokens,

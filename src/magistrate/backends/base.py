@@ -31,6 +31,9 @@ class Capabilities:
         native_reasoning: The model reasons on its own channel (gpt-oss harmony).
         label_slots: Can read several labels in one pass (`Prompt.slots`), so several
             policies in one prompt can be judged in score mode.
+        hidden_state: Can return the hidden state at the label position
+            (`CompletionOptions.features`) and say what it is bound to
+            (`Backend.representation`), so fitted read-outs can be used.
     """
 
     prefill: bool = False
@@ -38,6 +41,26 @@ class Capabilities:
     constrained: bool = False
     native_reasoning: bool = False
     label_slots: bool = False
+    hidden_state: bool = False
+
+
+@dataclass(frozen=True)
+class Representation:
+    """What a hidden state at the label position is a function of, besides the content.
+
+    Attributes:
+        model_sha256: SHA-256 of the model file (or another stable identity of the weights).
+        layout: SHA-256 of the prompt as the model sees it with a fixed placeholder where the
+            content goes: policy text, format block, chat template and prefill.
+        size: Length of the feature vector.
+        kind: Which state it is (`final-norm@label`: the last layer's normalised output at
+            the label position).
+    """
+
+    model_sha256: str
+    layout: str
+    size: int
+    kind: str = "final-norm@label"
 
 
 class Backend(ABC):
@@ -59,6 +82,12 @@ class Backend(ABC):
             BackendError: The backend failed; the engine records it, never as "safe".
         """
 
+    def representation(self, prompt: Prompt) -> Representation | None:
+        """What the hidden state this backend returns for `prompt` depends on: the model
+        file and the prompt's layout. A fitted read-out is bound to it. None when the
+        backend returns no hidden state (the default)."""
+        return None
+
     async def aclose(self) -> None:
         """Release resources. The default does nothing."""
         return None
@@ -69,4 +98,4 @@ class Backend(ABC):
         return f"{self.provider}/{self.model}"
 
 
-__all__ = ["Backend", "Capabilities", "Completion", "CompletionOptions", "Usage"]
+__all__ = ["Backend", "Capabilities", "Completion", "CompletionOptions", "Representation", "Usage"]

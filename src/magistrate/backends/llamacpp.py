@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import math
 import os
@@ -26,11 +27,18 @@ import time
 import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from magistrate.backends.base import Backend, Capabilities, Completion, CompletionOptions, Usage
+from magistrate.backends.base import (
+    Backend,
+    Capabilities,
+    Completion,
+    CompletionOptions,
+    Representation,
+    Usage,
+)
 from magistrate.errors import (
     BackendError,
     BackendTimeout,
@@ -49,6 +57,8 @@ if TYPE_CHECKING:
 _T = TypeVar("_T")
 
 GGUF_MAGIC = b"GGUF"
+LAYOUT_PLACEHOLDER = "<<content>>"
+"""Stands in for the content when a prompt's layout is hashed (`representation`)."""
 EMBEDDED_NAMES = ("embedded", "default", "")
 INSTALL_HINT = (
     'Install it with `make demo`, or by hand: CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON '
@@ -108,7 +118,9 @@ class LlamaCppBackend(Backend):
     """
 
     provider = "llamacpp"
-    capabilities = Capabilities(prefill=True, label_scores=True, constrained=True, label_slots=True)
+    capabilities = Capabilities(
+        prefill=True, label_scores=True, constrained=True, label_slots=True, hidden_state=True
+    )
     max_concurrency = 1
 
     def __init__(
@@ -155,6 +167,8 @@ class LlamaCppBackend(Backend):
         self._marker = os.urandom(8).hex()
         self._candidates: dict[tuple[str, ...], list[list[int]]] = {}
         self._grammars: dict[str, Any] = {}
+        self._embedded = model is None or str(model) in EMBEDDED_NAMES
+        self._sha256: str | None = None
 
     @property
     def llama(self) -> Any:
@@ -235,6 +249,26 @@ class LlamaCppBackend(Backend):
         """
         return self._thread.submit(fn, *args).result()
 
+    @property
+    def model_sha256(self) -> str:
+        """SHA-256 of the model file (the embedded model's is known; others are hashed once)."""
+        if self._sha256 is None:
+            from magistrate.embedded import QWEN_CODER_1_5B, file_sha256
+
+            self._sha256 = QWEN_CODER_1_5B.sha256 if self._embedded else file_sha256(self.path)
+        return self._sha256
+
+    def representation(self, prompt: Prompt) -> Representation | None:
+        """The hidden state's binding: the model file's hash and the prompt layout (the
+        rendered prompt, chat template and prefill included, with a fixed placeholder for
+        the content). gpt-oss GGUFs reason before they answer, so they have no label
+        position to read."""
+        if self.harmony:
+            return None
+        rendered = self.render(prompt, content=LAYOUT_PLACEHOLDER)
+        layout = hashlib.sha256(rendered.encode("utf-8")).hexdigest()
+        return Representation(self.model_sha256, layout, int(self._llm.n_embd()))
+
     def _complete(self, prompt: Prompt, options: CompletionOptions) -> Completion:
         """Produce one completion; runs on the model thread only.
 
@@ -244,7 +278,15 @@ class LlamaCppBackend(Backend):
         itself runs without a logits processor, so it costs what raw llama-cpp-python costs.
         """
         if self.harmony:
+            if options.features:
+                raise ConfigError(f"{self.name} reasons before it answers; it has no label "
+                                  "position whose hidden state a read-out could read.")
             return self._complete_harmony(prompt, options)
+        if options.features and (prompt.slots or not options.constrain_label):
+            raise ConfigError(
+                "Hidden states are read for one policy's prompt in score mode only; judge "
+                "the policies separately (--strategy separate) in --mode score."
+            )
         if prompt.slots and options.constrain_label:
             return self._complete_slots(prompt, options)
         use_prefill = not options.constrained
@@ -295,6 +337,7 @@ class LlamaCppBackend(Backend):
             latency_s=latency,
             label_probs=label.probs(prompt.candidates) if label else None,
             label_mass=label.mass if label else None,
+            features=label.features if label else None,
         )
 
     def _complete_slots(self, prompt: Prompt, options: CompletionOptions) -> Completion:
@@ -355,19 +398,44 @@ class LlamaCppBackend(Backend):
         ids: list[int],
         violating: Sequence[bool],
         threshold: float | None = None,
+        *,
+        features: bool = False,
     ) -> _LabelRead:
-        """Evaluate `tokens` after the first `n_tokens` in the KV cache; read the label logits."""
+        """Evaluate `tokens` after the first `n_tokens` in the KV cache; read the label logits.
+
+        With `features`, the last token is evaluated on its own with embeddings switched on,
+        so llama.cpp outputs that one position's hidden state (the last layer's normalised
+        output) next to its logits. With embeddings on, llama.cpp outputs every token of a
+        batch; one token alone keeps the cost to one small decode (measured +0-4% per item
+        on ToxicChat prompts, against +15% for the whole batch with embeddings on).
+        """
         import llama_cpp
         import numpy as np
 
         llm = self._llm
+        hidden: tuple[float, ...] | None = None
         try:
-            llm.eval(tokens)
+            if not features:
+                llm.eval(tokens)
+            else:
+                if len(tokens) > 1:
+                    llm.eval(tokens[:-1])
+                llama_cpp.llama_set_embeddings(llm.ctx, True)
+                try:
+                    llm.eval(tokens[-1:])
+                    pointer = llama_cpp.llama_get_embeddings_ith(llm.ctx, -1)
+                    if not pointer:
+                        raise BackendError("llama.cpp returned no hidden state.")
+                    state = np.ctypeslib.as_array(pointer, shape=(llm.n_embd(),))
+                    hidden = tuple(state.astype(float).tolist())
+                finally:
+                    llama_cpp.llama_set_embeddings(llm.ctx, False)
         except RuntimeError as exc:
             raise BackendError(f"llama.cpp failed while scoring: {exc}") from None
         pointer = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
         logits = np.ctypeslib.as_array(pointer, shape=(llm.n_vocab(),))
-        return _LabelRead.from_logits(logits, ids, violating, threshold)
+        read = _LabelRead.from_logits(logits, ids, violating, threshold)
+        return replace(read, features=hidden) if hidden is not None else read
 
     def _complete_harmony(self, prompt: Prompt, options: CompletionOptions) -> Completion:
         """A gpt-oss completion: harmony tokens in, raw tokens out until `<|return|>`/`<|call|>`."""
@@ -433,7 +501,13 @@ class LlamaCppBackend(Backend):
         that `create_completion` performs.
         """
         self._llm.n_tokens = cached  # eval() first drops the KV cells past n_tokens
-        return self._eval_and_read(tokens[cached:], ids, prompt.violating, options.label_threshold)
+        return self._eval_and_read(
+            tokens[cached:],
+            ids,
+            prompt.violating,
+            options.label_threshold,
+            features=options.features,
+        )
 
     def _label_tokens(self, prompt: Prompt, label: _LabelRead) -> list[int]:
         return self._candidate_tokens(prompt.candidates)[label.choice]
@@ -525,11 +599,13 @@ class _LabelRead:
         mass: Sum of `raw`: how much the model wanted to answer with a label at all.
         choice: Index of the chosen candidate: the most likely one, or with a threshold the
             most likely one on the side of the threshold the violating probability falls on.
+        features: The hidden state at the label position, when it was asked for.
     """
 
     raw: tuple[float, ...]
     mass: float
     choice: int
+    features: tuple[float, ...] | None = None
 
     @classmethod
     def from_logits(

@@ -7,10 +7,18 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from magistrate.backends.base import Backend, Capabilities, Completion, CompletionOptions, Usage
+from magistrate.backends.base import (
+    Backend,
+    Capabilities,
+    Completion,
+    CompletionOptions,
+    Representation,
+    Usage,
+)
 from magistrate.errors import BackendError
 from magistrate.prompt import Prompt
 
@@ -25,6 +33,7 @@ class Scripted:
     label_probs: Mapping[str, float] | None = None
     reasoning: str | None = None
     slot_probs: tuple[Mapping[str, float] | None, ...] | None = None
+    features: tuple[float, ...] | None = None
 
 
 class MockBackend(Backend):
@@ -36,7 +45,11 @@ class MockBackend(Backend):
     """
 
     provider = "mock"
-    capabilities = Capabilities(prefill=True, label_scores=True, constrained=True, label_slots=True)
+    capabilities = Capabilities(
+        prefill=True, label_scores=True, constrained=True, label_slots=True, hidden_state=True
+    )
+    feature_size = 4
+    """Length of the scripted hidden states (`Scripted.features`)."""
 
     def __init__(
         self,
@@ -84,4 +97,11 @@ class MockBackend(Backend):
             label_probs=step.label_probs,
             label_mass=1.0 if step.label_probs else None,
             slot_probs=step.slot_probs,
+            features=step.features if options.features else None,
         )
+
+    def representation(self, prompt: Prompt) -> Representation:
+        """A stand-in binding: the model name as the weights, the system turn as the layout."""
+        weights = hashlib.sha256(f"mock:{self.model}".encode()).hexdigest()
+        layout = hashlib.sha256((prompt.system + "\x00" + prompt.prefill).encode()).hexdigest()
+        return Representation(weights, layout, self.feature_size)

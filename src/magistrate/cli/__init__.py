@@ -18,7 +18,7 @@ import typer
 from rich.markup import escape
 
 # Each command module adds itself to `app` when imported.
-from magistrate.cli import batch, classify, eval, logs, model, models, policy, safety, serve
+from magistrate.cli import batch, classify, eval, fit, logs, model, models, policy, safety, serve
 from magistrate.cli.app import (
     EXIT_INTERRUPTED,
     EXIT_NO_VERDICT,
@@ -28,7 +28,7 @@ from magistrate.cli.app import (
 )
 from magistrate.errors import MagistrateError
 
-COMMANDS = (batch, classify, eval, logs, model, models, policy, safety, serve)
+COMMANDS = (batch, classify, eval, fit, logs, model, models, policy, safety, serve)
 """The command modules, registered on `app` by importing them."""
 
 

@@ -45,7 +45,15 @@ DATABASE_ENV = "MAGISTRATE_DATABASE_URL"
 SQLITE_BUSY_TIMEOUT_S = 30.0
 """How long a writer waits for another process's write lock before giving up."""
 
-TABLES = ("policies", "decisions", "eval_runs", "api_keys", "active_policies", "generations")
+TABLES = (
+    "policies",
+    "decisions",
+    "eval_runs",
+    "api_keys",
+    "active_policies",
+    "generations",
+    "readouts",
+)
 """The tables the stores query (reflected from the database, defined by the migrations)."""
 
 _PG_LOCK_KEY = 0x4D41474953  # "MAGIS": the advisory lock that serialises chain appends

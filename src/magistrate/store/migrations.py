@@ -158,11 +158,31 @@ def _m004_generations(conn: Connection) -> None:
     meta.create_all(conn)
 
 
+def _m005_readouts(conn: Connection) -> None:
+    meta = sa.MetaData()
+    sa.Table(
+        "readouts",
+        meta,
+        # Fitted read-outs (`magistrate fit`), stored with the policy versions they read:
+        # one row per artefact, found by what it is bound to.
+        sa.Column("id", sa.String(26), primary_key=True),
+        sa.Column("created_at", sa.String(32), nullable=False),
+        sa.Column("policy_id", sa.Text, nullable=False, index=True),
+        sa.Column("policy_hash", sa.String(64), nullable=False, index=True),
+        sa.Column("model_sha256", sa.String(64), nullable=False),
+        sa.Column("layout", sa.String(64), nullable=False),
+        sa.Column("sha256", sa.String(64), nullable=False),  # of the document
+        sa.Column("document", sa.Text, nullable=False),  # canonical JSON
+    )
+    meta.create_all(conn)
+
+
 MIGRATIONS: list[tuple[str, Migration]] = [
     ("m001_policies_and_decisions", _m001_policies_and_decisions),
     ("m002_eval_runs", _m002_eval_runs),
     ("m003_service", _m003_service),
     ("m004_generations", _m004_generations),
+    ("m005_readouts", _m005_readouts),
 ]
 """Every migration, oldest first. Append only."""
 

@@ -6,6 +6,7 @@
     ├── policies    PolicyRegistry  policy texts by hash, versions, the active text per id
     ├── eval_runs   EvalRuns        eval runs (spec and metrics)
     ├── generations GenerationLog   a chat model's answers under evaluation (safety suites)
+    ├── readouts    ReadOutStore    fitted read-outs, by the policy text, model and layout
     └── keys        ApiKeys         the HTTP service's API keys
 
 The store's own methods (`record`, `decisions`, `policy_text`, `add_run`, `api_key_for`, ...)
@@ -46,6 +47,7 @@ from magistrate.store.decisions import DecisionFilter, DecisionLog, Entry, parse
 from magistrate.store.generations import GenerationLog
 from magistrate.store.keys import API_KEY_PREFIX, ApiKey, ApiKeys, key_hash
 from magistrate.store.policies import PolicyRegistry
+from magistrate.store.readouts import ReadOutStore
 from magistrate.store.records import PolicyVersion, StoredDecision, VerifyReport
 from magistrate.store.runs import EvalRuns
 
@@ -63,6 +65,7 @@ class Store:
         policies: The policy texts and active versions (`PolicyRegistry`).
         eval_runs: The eval runs (`EvalRuns`).
         generations: A chat model's answers under evaluation (`GenerationLog`).
+        readouts: Fitted read-outs (`ReadOutStore`).
         keys: The API keys (`ApiKeys`).
 
     Raises:
@@ -79,6 +82,7 @@ class Store:
         self.log = DecisionLog(self.db, self.policies)
         self.eval_runs = EvalRuns(self.db)
         self.generations = GenerationLog(self.db)
+        self.readouts = ReadOutStore(self.db, self.policies)
         self.keys = ApiKeys(self.db)
 
     @property

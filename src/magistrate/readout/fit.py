@@ -1,0 +1,291 @@
+"""Fitting a read-out: cross-validated logistic regression, operating points, review bands.
+
+The numbers here are pure functions of arrays (no model), so they are tested on their own;
+`magistrate.readout.collect` gathers the hidden states through the one judge.
+
+Protocol:
+- Features are the hidden state at the label position, optionally with the zero-shot score's
+  log-odds appended (`hidden+score`). Each column is standardised (mean and scale of the
+  fitted items: no labels are used for it).
+- For each feature set and each regularisation strength C, out-of-fold scores come from
+  stratified k-fold cross-validation; the configuration with the best out-of-fold PR-AUC
+  wins (ties go to the stronger regularisation).
+- The threshold and the review band are chosen on those out-of-fold scores, never on scores
+  of items a model was fitted on. The final model is then fitted on every item.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from magistrate.errors import ConfigError
+from magistrate.readout.artefact import Candidate, FeatureSet, OperatingPoint, zero_shot_logit
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+C_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+"""Regularisation strengths tried (inverse: smaller is stronger)."""
+FEATURE_SETS: tuple[FeatureSet, ...] = ("hidden", "hidden+score")
+MIN_PER_CLASS = 10
+"""Fewest items of each label a fit accepts (each fold needs some of both)."""
+
+_TARGET = re.compile(r"^(?:f1|(precision|recall)=(0(?:\.\d+)?|1(?:\.0+)?))$")
+
+
+@dataclass(frozen=True)
+class Target:
+    """An operating-point target: best F1, or a precision or recall to reach.
+
+    Parse one with `Target.parse("precision=0.9")`.
+    """
+
+    kind: str  # "f1", "precision" or "recall"
+    value: float | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Target:
+        """`f1`, `precision=P` or `recall=R` with P, R in (0, 1].
+
+        Raises:
+            ConfigError: Anything else.
+        """
+        match = _TARGET.match(text.strip().lower())
+        if not match or (match.group(2) is not None and float(match.group(2)) <= 0):
+            raise ConfigError(
+                f"A target is `f1`, `precision=P` or `recall=R` with 0 < P, R <= 1 "
+                f"(e.g. precision=0.9), not {text!r}."
+            )
+        if match.group(1) is None:
+            return cls("f1")
+        return cls(match.group(1), float(match.group(2)))
+
+    def __str__(self) -> str:
+        return self.kind if self.value is None else f"{self.kind}={self.value:g}"
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """The outcome of `fit_probe`."""
+
+    features: FeatureSet
+    c: float
+    mean: list[float]
+    scale: list[float]
+    coef: list[float]
+    intercept: float
+    oof: list[float]
+    """Out-of-fold scores of the chosen configuration, in item order."""
+    candidates: list[Candidate]
+
+
+def design(
+    hidden: npt.NDArray[np.float64], zero_shot: Sequence[float], features: FeatureSet
+) -> npt.NDArray[np.float64]:
+    """The feature matrix of a feature set."""
+    import numpy as np
+
+    if features == "hidden":
+        return hidden
+    logits = np.asarray([zero_shot_logit(p) for p in zero_shot], dtype=np.float64)
+    return np.hstack([hidden, logits[:, None]])
+
+
+def check_labels(gold: Sequence[bool], folds: int) -> None:
+    """Refuse data a k-fold fit cannot use.
+
+    Raises:
+        ConfigError: Too few items of either label.
+    """
+    positives = sum(1 for g in gold if g)
+    negatives = len(gold) - positives
+    need = max(MIN_PER_CLASS, folds)
+    if positives < need or negatives < need:
+        raise ConfigError(
+            f"A read-out needs at least {need} violating and {need} non-violating labelled "
+            f"items; got {positives} and {negatives}. Add labelled items (or a larger "
+            "--sample)."
+        )
+
+
+def fit_probe(
+    hidden: npt.NDArray[np.float64],
+    zero_shot: Sequence[float],
+    gold: Sequence[bool],
+    *,
+    folds: int = 5,
+    seed: int = 0,
+    feature_sets: Sequence[FeatureSet] = FEATURE_SETS,
+    grid: Sequence[float] = C_GRID,
+) -> Fitted:
+    """Choose a feature set and C by out-of-fold PR-AUC, then fit on every item."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import average_precision_score
+    from sklearn.model_selection import StratifiedKFold
+
+    check_labels(gold, folds)
+    y = np.asarray(gold, dtype=bool)
+    splits = list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(hidden, y))
+    best: tuple[float, float, FeatureSet, list[float]] | None = None
+    candidates: list[Candidate] = []
+    for features in feature_sets:
+        x = _standardise(design(hidden, zero_shot, features))[0]
+        # Each fold walks the grid from strong to weak regularisation, warm-started.
+        oof = {c: np.zeros(len(y)) for c in grid}
+        for train, test in splits:
+            model = LogisticRegression(max_iter=2000, warm_start=True)
+            for c in sorted(grid):
+                model.set_params(C=c)
+                model.fit(x[train], y[train])
+                oof[c][test] = model.predict_proba(x[test])[:, 1]
+        for c in grid:
+            ap = float(average_precision_score(y, oof[c]))
+            candidates.append(Candidate(features=features, c=c, pr_auc=round(ap, 6)))
+            key = (ap, -c)
+            if best is None or key > (best[0], -best[1]):
+                best = (ap, c, features, oof[c].tolist())
+    assert best is not None
+    _, c, features, oof_scores = best
+    x, mean, scale = _standardise(design(hidden, zero_shot, features))
+    final = LogisticRegression(C=c, max_iter=2000).fit(x, y)
+    return Fitted(
+        features=features,
+        c=c,
+        mean=mean.tolist(),
+        scale=scale.tolist(),
+        coef=final.coef_[0].astype(float).tolist(),
+        intercept=float(final.intercept_[0]),
+        oof=oof_scores,
+        candidates=candidates,
+    )
+
+
+def _standardise(
+    x: npt.NDArray[np.float64],
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    import numpy as np
+
+    mean = x.mean(axis=0)
+    scale = x.std(axis=0)
+    scale = np.where(scale > 1e-12, scale, 1.0)
+    return (x - mean) / scale, mean, scale
+
+
+def operating_point(
+    gold: Sequence[bool],
+    scores: Sequence[float],
+    target: Target,
+    *,
+    review_share: float = 0.0,
+    band: tuple[float, float] | None = None,
+) -> OperatingPoint:
+    """The threshold for `target` and the review band, from out-of-fold scores.
+
+    Args:
+        target: Best F1; or the lowest threshold whose precision reaches P (the most recall
+            at that precision); or the highest threshold whose recall reaches R.
+        review_share: The band is the score range around the threshold that holds this
+            share of the items (half below it, half above, where there is room).
+        band: An explicit `(low, high)` band instead (must hold the threshold).
+
+    Raises:
+        ConfigError: The target cannot be reached on these items, or a band that does not
+            hold the threshold.
+    """
+    import numpy as np
+    from sklearn.metrics import precision_recall_curve
+
+    y = np.asarray(gold, dtype=bool)
+    s = np.asarray(scores, dtype=np.float64)
+    precision, recall, thresholds = precision_recall_curve(y, s)
+    precision, recall = precision[:-1], recall[:-1]  # the last point has no threshold
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0)
+    if target.kind == "f1":
+        i = int(np.argmax(f1))
+    elif target.kind == "precision":
+        ok = np.flatnonzero(precision >= (target.value or 0) - 1e-12)
+        if not len(ok):
+            raise ConfigError(
+                f"No threshold reaches precision {target.value:g} on these items (out of fold, "
+                f"the best is {float(precision.max()):.3f}). Ask for less, or add labelled items."
+            )
+        i = int(ok[0])  # thresholds rise with the index: the first has the most recall
+    else:
+        ok = np.flatnonzero(recall >= (target.value or 0) - 1e-12)
+        i = int(ok[-1])  # the highest threshold that still reaches the recall
+    threshold = float(thresholds[i])
+    pred = s >= threshold
+    p, r, f = _prf(y, pred)
+    low_high = band if band is not None else _band(s, threshold, review_share)
+    if low_high is not None and not (low_high[0] <= threshold <= low_high[1]):
+        raise ConfigError(
+            f"The review band [{low_high[0]:g}, {low_high[1]:g}) must hold the threshold "
+            f"{threshold:.4f}."
+        )
+    share = outside_f1 = None
+    if low_high is not None:
+        inside = (s >= low_high[0]) & (s < low_high[1])
+        share = float(inside.mean())
+        outside_f1 = _prf(y[~inside], pred[~inside])[2] if (~inside).any() else None
+    return OperatingPoint(
+        target=str(target),
+        threshold=threshold,
+        precision=p,
+        recall=r,
+        f1=f,
+        band=low_high,
+        band_share=share,
+        f1_outside_band=outside_f1,
+    )
+
+
+def _band(
+    scores: npt.NDArray[np.float64], threshold: float, share: float
+) -> tuple[float, float] | None:
+    """The score range around `threshold` holding `share` of the items."""
+    import numpy as np
+
+    if share <= 0:
+        return None
+    if share >= 1:
+        return (0.0, 1.0 + 1e-9)
+    ordered = np.sort(scores)
+    n = len(ordered)
+    k = max(1, math.ceil(share * n))
+    at = int(np.searchsorted(ordered, threshold, side="left"))
+    start = min(max(0, at - k // 2), max(0, n - k))
+    end = start + k
+    low = min(float(ordered[start]), threshold)
+    high = max(float(ordered[end]) if end < n else 1.0 + 1e-9, threshold)
+    return (low, min(high, 1.0 + 1e-9))
+
+
+def _prf(y: npt.NDArray[np.bool_], pred: npt.NDArray[np.bool_]) -> tuple[float, float, float]:
+    tp = float((y & pred).sum())
+    fp = float((~y & pred).sum())
+    fn = float((y & ~pred).sum())
+    p = tp / (tp + fp) if tp + fp else 0.0
+    r = tp / (tp + fn) if tp + fn else 0.0
+    return p, r, (2 * p * r / (p + r) if p + r else 0.0)
+
+
+def ranking(gold: Sequence[bool], scores: Sequence[float]) -> tuple[float, float, float]:
+    """ROC-AUC, PR-AUC and best F1 of a score."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    best = operating_point(gold, scores, Target("f1")).f1
+    return (
+        float(roc_auc_score(gold, scores)),
+        float(average_precision_score(gold, scores)),
+        best,
+    )
+
+
+__all__ = ["C_GRID", "FEATURE_SETS", "Fitted", "Target", "fit_probe", "operating_point", "ranking"]
