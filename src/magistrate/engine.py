@@ -470,6 +470,7 @@ class Judge:
             readout.check(policy, self.backend.representation(self.prompt(probe, policy)))
             bound[policy.hash] = readout
         return bound
+
     @property
     def combined(self) -> bool:
         """True when several policies share one prompt per item."""
@@ -559,6 +560,7 @@ class Judge:
             if readout is not None:
                 out["readout"] = readout.id
                 out["readout_sha256"] = readout.hash
+                out["readout_threshold"] = readout.point.threshold
             if len(self._decision_options) >= 64:
                 self._decision_options.clear()
             self._decision_options[key] = out

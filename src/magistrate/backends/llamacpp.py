@@ -279,8 +279,10 @@ class LlamaCppBackend(Backend):
         """
         if self.harmony:
             if options.features:
-                raise ConfigError(f"{self.name} reasons before it answers; it has no label "
-                                  "position whose hidden state a read-out could read.")
+                raise ConfigError(
+                    f"{self.name} reasons before it answers; it has no label "
+                    "position whose hidden state a read-out could read."
+                )
             return self._complete_harmony(prompt, options)
         if options.features and (prompt.slots or not options.constrain_label):
             raise ConfigError(

@@ -47,6 +47,7 @@ def job_spec(
         on_abstain=judge.on_abstain.value,
         max_chars=judge.max_chars,
         max_tokens=judge.max_tokens,
+        readouts=[r.id for r in judge.readouts.values()],
     )
 
 

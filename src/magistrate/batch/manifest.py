@@ -53,10 +53,15 @@ class JobSpec(BaseModel):
     on_abstain: str
     max_chars: int
     max_tokens: int | None = None
+    readouts: list[str] = []
+    """Ids of the fitted read-outs that judge the rows (a job without any hashes as before)."""
 
     def hash(self) -> str:
-        """SHA-256 of the spec's canonical JSON."""
-        text = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """SHA-256 of the spec's canonical JSON (without `readouts` when there are none)."""
+        data = self.model_dump(mode="json")
+        if not data["readouts"]:
+            del data["readouts"]
+        text = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
 
     def differences(self, other: JobSpec) -> list[str]:

@@ -41,14 +41,18 @@ from magistrate.cli.options import (
     ModelOption,
     ModeOption,
     OnAbstainOption,
+    ReadoutOption,
     StrategyOption,
     TextColOption,
     TimeoutOption,
 )
 from magistrate.decision import OnAbstain
 from magistrate.engine import Judge, Strategy
+from magistrate.errors import ConfigError
 from magistrate.item import DEFAULT_MAX_CHARS
+from magistrate.policy import load_policy
 from magistrate.prompt import Effort, Mode
+from magistrate.readout.select import choose_readouts
 from magistrate.store import Store
 
 InputsArgument = Annotated[
@@ -179,8 +183,13 @@ def batch(
     actors: ActorsOption = 2,
     actor_cpus: ActorCpusOption = 0.5,
     as_json: Annotated[bool, typer.Option("--json", help="Print the job summary as JSON.")] = False,
+    readout: ReadoutOption = None,
 ) -> None:
     """Judge every row of large inputs under one or more policies, exactly once.
+
+    In score mode with one policy per prompt (`--strategy separate`, or one policy), a
+    fitted read-out stored for the policy, model and prompt layout judges the rows
+    (`--readout` to choose or turn it off); it is part of the job's identity.
 
     Writes one row per input row and policy (label, violation, flagged, score, rule ids,
     rationale, status, decision id, latency, tokens) to OUTPUT, and a manifest beside it.
@@ -197,9 +206,18 @@ def batch(
     # the model.
     store = Store(database) if log else None
     backend = backend_for(model, base_url=base_url, endpoint=endpoint)
+    policies = [load_policy(p) for p in policy]
+    combined = len(policies) > 1 and strategy is Strategy.COMBINED
+    readouts = choose_readouts(readout, policies, backend, store, mode=mode, combined=combined)
+    if readouts and engine is Engine.RAY:
+        raise ConfigError(
+            f"Read-out {readouts[0].id} applies to this job, but Ray actors do not load "
+            "read-outs yet; run it with --engine local, or pass --readout none."
+        )
     judge = Judge(
-        policy,
+        policies,
         backend,
+        readouts=readouts,
         strategy=strategy,
         mode=mode,
         effort=effort,

@@ -27,14 +27,16 @@ from magistrate.cli.options import (
     ModelOption,
     ModeOption,
     OnAbstainOption,
+    ReadoutOption,
     TimeoutOption,
 )
 from magistrate.decision import Decision, OnAbstain
 from magistrate.engine import Judge, Judgement, judge_all
 from magistrate.errors import InputError
 from magistrate.item import DEFAULT_MAX_CHARS, Item, decode_content, parse_jsonl
-from magistrate.policy import Policy
+from magistrate.policy import Policy, load_policy
 from magistrate.prompt import Effort, Mode
+from magistrate.readout.select import choose_readouts
 from magistrate.store import Recorder, Store
 
 PolicyOption = Annotated[
@@ -81,8 +83,12 @@ def classify(
     log: LogOption = True,
     log_content: LogContentOption = True,
     database: DatabaseOption = None,
+    readout: ReadoutOption = None,
 ) -> None:
     """Classify content under a policy: label, rule ids, score and rationale on stdout.
+
+    In score mode, a fitted read-out stored for the policy, model and prompt layout judges
+    the item (`magistrate fit`; `--readout none` for the zero-shot score).
 
     With several --policy options every item is judged under all of them in one prompt
     (score mode reads each policy's label where its answer line begins and applies that
@@ -105,7 +111,11 @@ def classify(
     }
     backend = backend_for(model, base_url=base_url, endpoint=endpoint)
     started = time.perf_counter()
-    judge = Judge(policy, backend, calibrated=calibrate, **settings)
+    policies = [load_policy(p) for p in policy]
+    readouts = choose_readouts(
+        readout, policies, backend, store, mode=mode, combined=len(policies) > 1
+    )
+    judge = Judge(policies, backend, calibrated=calibrate, readouts=readouts, **settings)
     results = _judge_all(judge, items, as_json)
     elapsed = time.perf_counter() - started
     if store is not None:

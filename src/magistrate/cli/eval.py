@@ -26,6 +26,7 @@ from magistrate.cli.options import (
     MaxErrorsOption,
     ModelOption,
     ModeOption,
+    ReadoutOption,
     TextColOption,
     TimeoutOption,
 )
@@ -59,7 +60,9 @@ from magistrate.evaluate.runner import (
     examples_to_judge,
     labels_for,
 )
+from magistrate.policy import load_policy
 from magistrate.prompt import Effort, Mode
+from magistrate.readout.select import choose_readouts
 from magistrate.store import Store
 
 
@@ -189,8 +192,13 @@ def run(
     output: OutputOption = Path("eval-runs"),
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
     database: DatabaseOption = None,
+    readout: ReadoutOption = None,
 ) -> None:
     """Judge every labelled item of a dataset under a policy and report P/R/F1 and more.
+
+    In score mode a fitted read-out bound to the policy is used when one is stored
+    (`--readout` to choose or turn it off); the zero-shot figures are reported beside its
+    own. A read-out fitted on any of the items is refused.
 
     Writes OUTPUT/<run id>.json (spec, metrics, per-item rows). Every decision goes into the
     decision log, which is also the cache: a re-run only judges what changed.
@@ -219,8 +227,8 @@ def run(
         "on_abstain": on_abstain,
         "calibrated": calibrate,
     }
-    plans = _plans(policy, backend, strategy, settings)
     try:
+        plans = _plans(policy, backend, strategy, settings, store, readout)
         runs = [
             _evaluate(data, judges, store, cache, max_errors, threshold_split, seed)
             for judges in plans
@@ -260,13 +268,32 @@ def _load(
 
 
 def _plans(
-    policies: list[str], backend: Backend, strategy: Strategy, settings: dict[str, Any]
+    policies: list[str],
+    backend: Backend,
+    strategy: Strategy,
+    settings: dict[str, Any],
+    store: Store | None = None,
+    readout: list[str] | None = None,
 ) -> list[list[Judge]]:
     """The judges of each strategy asked for: one judge per policy (a single policy, or
-    `separate`), and one judge of all of them (`combined`)."""
+    `separate`, each with its read-out when one applies), and one judge of all of them
+    (`combined`)."""
     plans: list[list[Judge]] = []
     if len(policies) == 1 or strategy is not Strategy.COMBINED:
-        plans.append([Judge(p, backend, **settings) for p in policies])
+        loaded = [load_policy(p) for p in policies]
+        readouts = choose_readouts(readout, loaded, backend, store, mode=settings["mode"])
+        by_policy = {r.binding.policy_id: r for r in readouts}
+        unused = [r.id for r in readouts if r.binding.policy_id not in {p.id for p in loaded}]
+        if unused:
+            raise ConfigError(f"Read-out {unused[0]} is for none of the policies given.")
+        plans.append(
+            [
+                Judge(
+                    p, backend, readouts=[by_policy[p.id]] if p.id in by_policy else (), **settings
+                )
+                for p in loaded
+            ]
+        )
     if len(policies) > 1 and strategy is not Strategy.SEPARATE:
         plans.append([Judge(policies, backend, strategy="combined", **settings)])
     return plans
@@ -498,6 +525,19 @@ def _print_summary(result: EvalResult, path: Path) -> None:
     tok = mtr.tokens_per_item
     table.add_row("tokens / item", f"{tok.prompt:.0f} prompt, {tok.completion:.1f} completion")
     table.add_row("from cache", f"{mtr.cached_items} of {spec.dataset.items}")
+    if mtr.zero_shot is not None:
+        z = mtr.zero_shot
+        table.add_row(
+            "read-out", f"{z.readout} (threshold {spec.options.get('readout_threshold', '-')})"
+        )
+        ranking = (
+            f"; PR-AUC / ROC-AUC {z.scores.pr_auc:.3f} / {z.scores.roc_auc:.3f}" if z.scores else ""
+        )
+        table.add_row(
+            "zero-shot, same items",
+            f"F1 {_ci(z.f1, z.ci95_f1)} P {z.precision:.3f} R {z.recall:.3f} at the policy's "
+            f"threshold {z.threshold:g}{ranking}",
+        )
     out_console.print(table)
     err_console.print(
         f"Result: {escape(str(path))}  Report: {escape(str(path.with_suffix('.html')))}"

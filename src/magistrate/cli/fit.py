@@ -195,7 +195,9 @@ def _band(text: str | None) -> tuple[float, float] | None:
     try:
         low, high = (float(x) for x in text.split(","))
     except ValueError:
-        raise ConfigError(f"--band is LOW,HIGH with two numbers (e.g. 0.2,0.7), not {text!r}.")
+        raise ConfigError(
+            f"--band is LOW,HIGH with two numbers (e.g. 0.2,0.7), not {text!r}."
+        ) from None
     if not 0.0 <= low < high <= 1.0:
         raise ConfigError(f"--band needs 0 <= LOW < HIGH <= 1, not {text!r}.")
     return (low, high)
@@ -316,7 +318,7 @@ def show(
 
 
 def _summary(ro: ReadOut) -> dict[str, Any]:
-    data = json.loads(ro.to_json())
+    data: dict[str, Any] = json.loads(ro.to_json())
     for key in ("mean", "scale", "coef"):
         data.pop(key)
     data["trained_on"]["item_hashes"] = len(data["trained_on"]["item_hashes"])

@@ -86,3 +86,13 @@ StrategyOption = Annotated[
         help="Several policies: one prompt for all (combined) or one call per policy (separate).",
     ),
 ]
+ReadoutOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--readout",
+        envvar="MAGISTRATE_READOUT",
+        help="Fitted read-outs (`magistrate fit`) in score mode: auto (the newest stored one "
+        "bound to each policy's text, the model and the prompt layout), none (zero-shot "
+        "scores), or read-out ids or files (repeat for several policies).",
+    ),
+]

@@ -13,7 +13,13 @@ from rich.table import Table
 
 from magistrate.backends import DEFAULT_MODEL
 from magistrate.cli.app import app, err_console, out_console
-from magistrate.cli.options import BaseUrlOption, DatabaseOption, EndpointOption, ModelOption
+from magistrate.cli.options import (
+    BaseUrlOption,
+    DatabaseOption,
+    EndpointOption,
+    ModelOption,
+    ReadoutOption,
+)
 from magistrate.decision import OnAbstain
 from magistrate.errors import ConfigError, MissingDependency
 from magistrate.prompt import Effort, Mode
@@ -141,6 +147,7 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    readout: ReadoutOption = None,
 ) -> None:
     """Serve /v1/classify, /v1/moderations (OpenAI's shape), batch jobs, policies and decisions
     over HTTP."""
@@ -157,6 +164,7 @@ def serve(
         "database": database,
         "require_keys": require_keys,
         "log_content": not redact,
+        "readouts": readout or ["auto"],
         "mode": mode,
         "effort": effort,
         "on_abstain": on_abstain,

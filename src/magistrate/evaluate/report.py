@@ -206,6 +206,24 @@ class TokensPerItem(ReportModel):
     completion: float
 
 
+class ZeroShot(ReportModel):
+    """The zero-shot figures of a run judged by a fitted read-out, on the same items: the
+    label-token score at the policy's own threshold, as if no read-out had been fitted.
+
+    Attributes:
+        readout: The read-out the run's verdicts came from.
+        threshold: The policy's threshold the zero-shot verdicts are taken at.
+    """
+
+    readout: str
+    threshold: float
+    precision: float
+    recall: float
+    f1: float
+    ci95_f1: Interval
+    scores: ScoreMetrics | None = None
+
+
 class Metrics(BinaryMetrics):
     """Every metric of one policy's run.
 
@@ -217,6 +235,7 @@ class Metrics(BinaryMetrics):
         reliability: Calibration of the scores, when scored.
         threshold_transfer: With `--threshold-split`, when scored.
         cached_items: Items whose verdict came from the decision log.
+        zero_shot: For a run judged by a fitted read-out, the zero-shot figures beside it.
     """
 
     statuses: dict[str, int]
@@ -229,6 +248,7 @@ class Metrics(BinaryMetrics):
     latency_s: Latency
     tokens_per_item: TokensPerItem
     cached_items: int
+    zero_shot: ZeroShot | None = None
 
 
 # -- one policy's result ------------------------------------------------------------------
@@ -266,6 +286,7 @@ class ItemRow(ReportModel):
     prompt_tokens: int
     completion_tokens: int
     cached: bool
+    zero_shot_score: float | None = None
 
 
 class DatasetRef(ReportModel):

@@ -32,7 +32,7 @@ from typing import Any, NamedTuple, TypeVar
 from magistrate import __version__
 from magistrate.decision import Decision, any_of
 from magistrate.engine import Judge, Judgement, Lookup, judge_all
-from magistrate.errors import EvalAborted, MagistrateError
+from magistrate.errors import ConfigError, EvalAborted, MagistrateError
 from magistrate.evaluate import metrics as m
 from magistrate.evaluate.datasets import Dataset, Example
 from magistrate.evaluate.report import (
@@ -62,11 +62,13 @@ from magistrate.evaluate.report import (
     Strategy,
     ThresholdTransfer,
     TokensPerItem,
+    ZeroShot,
 )
 from magistrate.ids import new_ulid
 from magistrate.item import Item
 from magistrate.policy import Policy, bundle_hash
 from magistrate.store import Recorder, Store
+from magistrate.verdict import violation_score
 
 _M = TypeVar("_M", ScoreMetrics, Reliability)
 
@@ -78,6 +80,8 @@ class ItemResult:
     example: Example
     decision: Decision
     cached: bool
+    zero_shot: float | None = None
+    """The label-token score, when the verdict came from a fitted read-out."""
 
     @property
     def pred(self) -> bool | None:
@@ -106,6 +110,7 @@ class ItemResult:
             prompt_tokens=self.decision.usage.prompt_tokens,
             completion_tokens=self.decision.usage.completion_tokens,
             cached=self.cached,
+            zero_shot_score=self.zero_shot,
         )
 
     def to_dict(self) -> dict[str, JSONValue]:
@@ -244,6 +249,7 @@ async def _judge_examples(
     """One pass of `judge` over the examples through `judge_many`, cached and recorded."""
     run_id = new_ulid()
     items = [Item.of(e.text, id=e.id, max_chars=max(judge.max_chars, 1)) for e in examples]
+    refuse_leakage(judge, items)
     lookup = log_lookup(store, judge, items) if store is not None and use_cache else None
     if store is not None:
         judge.recorder = Recorder(store, run_id=run_id)
@@ -253,6 +259,23 @@ async def _judge_examples(
     )
     rows = [(examples[j.index], j) for j in judgements]
     return _Pass(judge, run_id, rows, time.perf_counter() - started)
+
+
+def refuse_leakage(judge: Judge, items: Sequence[Item]) -> None:
+    """Refuse to measure a read-out on items it was fitted on (by content hash).
+
+    Raises:
+        ConfigError: Some items are in a read-out's training data.
+    """
+    hashes = {item.hash for item in items}
+    for readout in judge.readouts.values():
+        seen = hashes & readout.trained_hashes()
+        if seen:
+            raise ConfigError(
+                f"Read-out {readout.id} was fitted on {len(seen)} of these {len(hashes)} items "
+                f"({readout.document.trained_on.dataset}); figures measured on them would "
+                "flatter it. Evaluate on other items (--part report), or pass --readout none."
+            )
 
 
 def log_lookup(store: Store, judge: Judge, items: Sequence[Item]) -> Lookup:
@@ -277,11 +300,13 @@ def _policy_run(
 ) -> EvalResult:
     """The result of one policy of a pass, scored on its own gold label."""
     judge, policy = done.judge, done.judge.policies[position]
+    readout = judge.readouts.get(policy.hash)
     judged = [
         ItemResult(
             e if single else replace(e, gold=_gold_for(e, label)),
             j.decisions[position],
             j.cached[position],
+            _zero_shot(j.decisions[position], policy) if readout is not None else None,
         )
         for e, j in done.rows
     ]
@@ -297,9 +322,19 @@ def _policy_run(
         done.run_id if len(judge.policies) == 1 else new_ulid(),
         _spec(part, judge, len(items), done.elapsed_s, policy),
         items,
-        compute_metrics(items, threshold_split=threshold_split, seed=seed),
+        compute_metrics(
+            items,
+            threshold_split=threshold_split,
+            seed=seed,
+            zero_shot=(readout.id, policy.threshold) if readout is not None else None,
+        ),
         unscored=[r for r in judged if r.example.gold is None],
     )
+
+
+def _zero_shot(decision: Decision, policy: Policy) -> float | None:
+    probs = decision.verdict.label_probs
+    return violation_score(probs, policy) if decision.ok and probs else None
 
 
 def _record_run(store: Store, dataset: Dataset, run: EvalResult) -> None:
@@ -414,9 +449,18 @@ _INTERVALS = (("f1", m.f1_of), ("precision", m.precision_of), ("recall", m.recal
 
 
 def compute_metrics(
-    items: list[ItemResult], *, threshold_split: float | None = None, seed: int = 0
+    items: list[ItemResult],
+    *,
+    threshold_split: float | None = None,
+    seed: int = 0,
+    zero_shot: tuple[str, float] | None = None,
 ) -> Metrics:
-    """Every metric of a run, from its per-item results."""
+    """Every metric of a run, from its per-item results.
+
+    Args:
+        zero_shot: For a run judged by a read-out, its id and the policy's threshold: the
+            items' zero-shot scores are then reported beside (`Metrics.zero_shot`).
+    """
     gold = [bool(r.example.gold) for r in items]
     pred = [r.pred for r in items]
     scores = [r.decision.verdict.score for r in items]
@@ -445,6 +489,26 @@ def compute_metrics(
             completion=sum(r.decision.usage.completion_tokens for r in items) / n,
         ),
         cached_items=sum(1 for r in items if r.cached),
+        zero_shot=_zero_shot_metrics(items, *zero_shot, seed=seed) if zero_shot else None,
+    )
+
+
+def _zero_shot_metrics(
+    items: list[ItemResult], readout: str, threshold: float, *, seed: int
+) -> ZeroShot:
+    """The zero-shot figures of a read-out's run (abstentions stay abstentions)."""
+    gold = [bool(r.example.gold) for r in items]
+    scores = [r.zero_shot for r in items]
+    pred = m.apply_threshold(scores, threshold)
+    figures = m.binary_metrics(gold, pred)
+    return ZeroShot(
+        readout=readout,
+        threshold=threshold,
+        precision=figures["precision"],
+        recall=figures["recall"],
+        f1=figures["f1"],
+        ci95_f1=m.bootstrap_ci(m.f1_of, gold, pred, seed=seed),
+        scores=_optional(ScoreMetrics, m.score_metrics(gold, scores)),
     )
 
 

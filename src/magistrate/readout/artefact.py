@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from magistrate.backends.base import Representation
     from magistrate.policy import Policy
 
-SCHEMA = "magistrate.readout/1"
+SCHEMA: Final = "magistrate.readout/1"
 FeatureSet = Literal["hidden", "hidden+score"]
 _CLIP = 1e-6
 
@@ -78,7 +78,8 @@ class OperatingPoint(_Model):
         threshold: Violating when the read-out's score is at least this.
         precision, recall, f1: Out of fold at the threshold.
         band: `[low, high)`: the scores where the read-out is unsure (a cascade sends them
-            to its next tier, or to review); None when no band was fitted.
+            to its next tier, or to review; a band reaching 1 holds 1); None when no band
+            was fitted.
         band_share: Share of the fitted items whose out-of-fold score fell in the band.
         f1_outside_band: Out-of-fold F1 on the items outside the band.
     """
@@ -140,7 +141,7 @@ class TrainingData(_Model):
 class ReadOutDocument(_Model):
     """The read-out file (`magistrate.readout/1`) and the stored row's document."""
 
-    schema_: Literal["magistrate.readout/1"] = Field(SCHEMA, alias="schema")
+    schema_: Literal["magistrate.readout/1"] = Field(default=SCHEMA, alias="schema")
     id: str
     created_at: str
     package_version: str
@@ -192,7 +193,9 @@ class ReadOut:
         try:
             data = json.loads(text)
         except (ValueError, UnicodeDecodeError):
-            raise ConfigError(f"{source} is not JSON; pass a file written by `magistrate fit`.")
+            raise ConfigError(
+                f"{source} is not JSON; pass a file written by `magistrate fit`."
+            ) from None
         if not isinstance(data, dict) or data.get("schema") != SCHEMA:
             raise ConfigError(f"{source} is not a {SCHEMA} document (written by `magistrate fit`).")
         try:
@@ -215,7 +218,9 @@ class ReadOut:
         try:
             raw = file.read_bytes()
         except OSError as exc:
-            raise ConfigError(f"Cannot read the read-out file {str(file)!r}: {exc.strerror}.")
+            raise ConfigError(
+                f"Cannot read the read-out file {str(file)!r}: {exc.strerror}."
+            ) from None
         return cls.from_json(raw, source=f"The file {str(file)!r}")
 
     def to_json(self) -> str:
@@ -333,9 +338,10 @@ class ReadOut:
         return _sigmoid(float(np.dot(x, coef)) + offset)
 
     def in_band(self, score: float) -> bool:
-        """True when `score` falls in the review band (never, without a band)."""
+        """True when `score` falls in the review band `[low, high)` (a band reaching 1 holds
+        1 too); never, without a band."""
         band = self.point.band
-        return band is not None and band[0] <= score < band[1]
+        return band is not None and band[0] <= score and (score < band[1] or band[1] >= 1.0)
 
     def apply(self, verdict: Verdict, features: Sequence[float] | None, policy: Policy) -> Verdict:
         """The verdict with the read-out's score and label in place of the zero-shot ones.

@@ -59,6 +59,9 @@ class ServerSettings(BaseModel):
     mode: Mode = Mode.SCORE
     effort: Effort = Effort.MEDIUM
     on_abstain: OnAbstain = OnAbstain.ERROR
+    readouts: list[str] = Field(default_factory=lambda: ["auto"])
+    """Fitted read-outs for score-mode judgements of one policy per prompt: `auto` (the
+    newest stored one bound to the policy text, model and layout), `none`, or ids/files."""
     timeout_s: float | None = 120.0
     max_body_bytes: int = 1_000_000
     max_items: int = 64

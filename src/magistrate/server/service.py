@@ -36,6 +36,8 @@ from magistrate.ids import new_ulid
 from magistrate.item import Item
 from magistrate.policy import Policy, parse_policy
 from magistrate.prompt import Effort, Mode
+from magistrate.readout.artefact import ReadOut
+from magistrate.readout.select import choose_readouts
 from magistrate.server.batches import BatchJobs
 from magistrate.server.catalog import PolicyCatalog, policy_size
 from magistrate.server.idempotency import Idempotency
@@ -154,15 +156,17 @@ class Service:
                 raise InputError(f"items[{i}]: {exc}") from None
         return items
 
-    def judge_for(
+    async def judge_for(
         self, policies: Sequence[Policy], mode: Mode, effort: Effort, *, combine: bool = False
     ) -> Judge:
         """The service's judge for these policies (kept in a bounded LRU): several policies
-        in one prompt with `combine`, else one call per policy."""
+        in one prompt with `combine`, else one call per policy, each with the fitted
+        read-out the settings choose (looked up in a worker thread when the judge is made)."""
         strategy = Strategy.COMBINED if combine else Strategy.SEPARATE
         key = ":".join([*(p.hash for p in policies), mode.value, effort.value, strategy.value])
         judge = self._judges.get(key)
         if judge is None:
+            readouts = await asyncio.to_thread(self._readouts_for, policies, mode, combine)
             judge = Judge(
                 policies,
                 self.backend,
@@ -173,9 +177,19 @@ class Service:
                 timeout_s=self.settings.timeout_s,
                 on_abstain=self.settings.on_abstain,
                 recorder=self.recorder,
+                readouts=readouts,
             )
             self._judges.put(key, judge)
         return judge
+
+    def _readouts_for(self, policies: Sequence[Policy], mode: Mode, combine: bool) -> list[ReadOut]:
+        """The configured read-outs that bind to these policies (explicit ones for other
+        policies are simply not theirs)."""
+        found = choose_readouts(
+            self.settings.readouts, policies, self.backend, self.store, mode=mode, combined=combine
+        )
+        ids = {p.id for p in policies}
+        return [r for r in found if r.binding.policy_id in ids]
 
     async def judge(
         self,
@@ -199,7 +213,7 @@ class Service:
             ConfigError: The mode needs something the backend cannot give.
         """
         self.check_mode(mode)
-        judge = self.judge_for(policies, mode, effort, combine=combine)
+        judge = await self.judge_for(policies, mode, effort, combine=combine)
         prefix = f"{judge.strategy.value}:{self.backend.name}:{mode.value}:{effort.value}"
         if judge.combined and judge.bundle is not None:
             prefix += f":{judge.bundle.hash}"
