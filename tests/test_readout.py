@@ -238,7 +238,7 @@ def test_damaged_read_out_files_are_refused(tmp_path: Path, fitted: ReadOut) -> 
     with pytest.raises(ConfigError, match="is not JSON"):
         ReadOut.load(path)
     path.write_text(json.dumps({"schema": "magistrate.eval/2"}))
-    with pytest.raises(ConfigError, match="not a magistrate.readout/1"):
+    with pytest.raises(ConfigError, match=r"not a magistrate\.readout/1"):
         ReadOut.load(path)
     with pytest.raises(ConfigError, match="Cannot read"):
         ReadOut.load(tmp_path / "missing.json")
