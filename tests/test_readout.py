@@ -322,3 +322,179 @@ def test_the_store_keeps_read_outs_by_binding(store_url: str, fitted: ReadOut) -
             conn.execute(table.update().values(document=json.dumps(lowered)))
         with pytest.raises(StoreError, match="no longer matches"):
             store.readouts.get(fitted.id)
+
+
+# -- the real embedded model ------------------------------------------------------------------
+
+SPAM = [
+    "WIN a FREE iPhone!!! Click http://bit.ly/x to claim now",
+    "Congratulations, you have been selected for a $1000 Walmart gift card, reply YES",
+    "URGENT: your account is suspended, verify your password at secure-login.biz",
+    "Cheap meds online, no prescription needed, 80% off today only",
+    "Earn $5000 a week from home, no experience, text JOB to 88888",
+    "You won the lottery! Send your bank details to receive the prize",
+    "Hot singles in your area want to meet you, click here",
+    "FINAL NOTICE: claim your free cruise before midnight, call 0800 123 456",
+    "Buy followers now! 10k Instagram followers for only $9.99",
+    "Your parcel is waiting, pay the $1.99 customs fee at track-parcel.info",
+    "Limited offer!!! Crypto doubling guaranteed, send 1 BTC get 2 back",
+    "Free ringtones! Text TONE to 80082 now, 3 pounds per week",
+    "Get rich quick with this one weird trick banks hate, sign up today",
+    "Exclusive deal: designer watches 90% off, visit replica-shop.ru",
+    "You have a pending refund of $349, enter your card number to receive it",
+]
+HAM = [
+    "Are we still meeting for lunch tomorrow at noon?",
+    "Thanks for the notes from yesterday's lecture, they helped a lot",
+    "Can you pick up milk on your way home?",
+    "The meeting moved to room 4B, see you there",
+    "Happy birthday! Hope you have a wonderful day",
+    "I left my umbrella at your place, I'll grab it on Friday",
+    "The report is attached, let me know if anything is missing",
+    "Mum says dinner is at seven, don't be late",
+    "Did you see the match last night? What a goal",
+    "My train is delayed by twenty minutes, sorry",
+    "Could you review my pull request when you have a moment?",
+    "We should book the campsite before the summer rush",
+    "The cat knocked over the plant again",
+    "Remember to water the tomatoes while I'm away",
+    "Great job on the presentation today",
+]
+
+
+def _labelled(path: Path, rows: list[tuple[str, bool]], prefix: str) -> Path:
+    with path.open("w") as f:
+        for i, (text, spam) in enumerate(rows):
+            f.write(json.dumps({"id": f"{prefix}{i}", "text": text, "label": int(spam)}) + "\n")
+    return path
+
+
+@pytest.mark.model
+def test_the_hidden_state_is_read_in_the_score_pass(embedded_backend) -> None:
+    from magistrate.completion import CompletionOptions
+    from magistrate.policy import load_policy
+    from magistrate.prompt import build_prompt
+
+    backend = embedded_backend
+    prompt = build_prompt(load_policy("spam"), Item.of(SPAM[0]))
+    plain = CompletionOptions(max_tokens=1, constrain_label=True)
+    asked = replace(plain, features=True)
+    first = backend.complete_sync(prompt, asked)
+    backend.complete_sync(build_prompt(load_policy("spam"), Item.of(HAM[0])), plain)
+    again = backend.complete_sync(prompt, asked)  # the KV cache now holds another item
+    without = backend.complete_sync(prompt, plain)
+    assert first.features is not None and len(first.features) == backend.llama.n_embd()
+    assert without.features is None
+    assert np.allclose(first.features, again.features, atol=1e-3)
+    assert first.label_probs is not None and without.label_probs is not None
+    assert first.label_probs["1"] == pytest.approx(without.label_probs["1"], abs=0.05)
+    rep = backend.representation(prompt)
+    assert rep.model_sha256 == "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
+    other = backend.representation(build_prompt(load_policy("spam"), Item.of(HAM[1])))
+    assert other == rep  # the layout does not depend on the content
+    assert backend.representation(build_prompt(load_policy("toxic-prompt"), Item.of("x"))) != rep
+
+
+@pytest.mark.model
+def test_fit_classify_and_eval_with_a_read_out_on_the_embedded_model(tmp_path: Path) -> None:
+    from test_cli import cli
+
+    db = str(tmp_path / "log.db")
+    train = _labelled(
+        tmp_path / "train.jsonl", [(t, True) for t in SPAM] + [(t, False) for t in HAM], "t"
+    )
+    fit = cli(
+        "fit",
+        "-p",
+        "spam",
+        "--dataset",
+        str(train),
+        "--database",
+        db,
+        "-o",
+        str(tmp_path / "ro.json"),
+        "--json",
+    )
+    assert fit.returncode == 0, fit.stderr
+    out = json.loads(fit.stdout)
+    readout = out["readout"]
+    assert readout["binding"]["policy_id"] == "spam" and readout["trained_on"]["items"] == 30
+    assert 0.5 <= readout["cv"]["roc_auc"] <= 1.0 and readout["point"]["band"] is not None
+    assert ReadOut.load(tmp_path / "ro.json").id == readout["id"]
+    listed = cli("fit", "list", "--database", db, "--json")
+    assert json.loads(listed.stdout.splitlines()[0])["id"] == readout["id"]
+
+    judged = cli(
+        "classify",
+        "-p",
+        "spam",
+        "--mode",
+        "score",
+        "--json",
+        "--database",
+        db,
+        "Free entry! Text WIN to 80086 for a prize",
+    )
+    assert judged.returncode == 0, judged.stderr
+    decision = json.loads(judged.stdout)
+    assert decision["options"]["readout"] == readout["id"]
+    plain = cli(
+        "classify",
+        "-p",
+        "spam",
+        "--mode",
+        "score",
+        "--json",
+        "--database",
+        db,
+        "--readout",
+        "none",
+        "Free entry! Text WIN to 80086 for a prize",
+    )
+    assert "readout" not in json.loads(plain.stdout)["options"]
+
+    held = _labelled(
+        tmp_path / "held.jsonl",
+        [
+            ("Claim your free vacation voucher now, click the link", True),
+            ("See you at the gym at six", False),
+        ]
+        * 3,
+        "h",
+    )
+    run = cli(
+        "eval",
+        "--dataset",
+        str(held),
+        "-p",
+        "spam",
+        "--database",
+        db,
+        "--json",
+        "-o",
+        str(tmp_path / "runs"),
+    )
+    assert run.returncode == 0, run.stderr
+    metrics = json.loads(run.stdout)["metrics"]
+    assert metrics["zero_shot"]["readout"] == readout["id"]
+    leaked = cli(
+        "eval",
+        "--dataset",
+        str(train),
+        "-p",
+        "spam",
+        "--database",
+        db,
+        "-o",
+        str(tmp_path / "runs"),
+    )
+    assert leaked.returncode == 1 and "was fitted on 30 of these 30 items" in leaked.stderr
+
+
+def test_fit_refuses_the_report_part_before_loading_anything() -> None:
+    from test_cli import cli
+
+    result = cli("fit", "-p", "spam", "--dataset", "toxicchat", "--part", "report")
+    assert result.returncode == 1 and "Refusing to fit on --part report" in result.stderr
+    bad = cli("fit", "-p", "spam", "--dataset", "toxicchat", "--target", "precision=2")
+    assert bad.returncode == 1 and "A target is" in bad.stderr

@@ -49,6 +49,9 @@ class ParseStatus(StrEnum):
     """The answer used a label the policy does not define."""
     ERROR = "error"
     """The backend failed; see the decision's error."""
+    NEEDS_REVIEW = "needs_review"
+    """A cascade could not decide: the last tier was unsure (its score fell in its review
+    band) or every tier abstained. A person should look."""
 
 
 @dataclass(frozen=True)

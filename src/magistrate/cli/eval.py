@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from magistrate.backends import DEFAULT_MODEL, Backend, backend_for
-from magistrate.cli.app import app, err_console, out_console
+from magistrate.cli.app import app, counting_progress, err_console, out_console
 from magistrate.cli.options import (
     BaseUrlOption,
     CacheOption,
@@ -33,6 +33,7 @@ from magistrate.cli.options import (
 from magistrate.decision import Decision, OnAbstain
 from magistrate.engine import Judge, Judgement
 from magistrate.errors import ConfigError
+from magistrate.evaluate.cascade import PipelineReport, evaluate_pipeline
 from magistrate.evaluate.compare import compare as compare_results
 from magistrate.evaluate.datasets import DATA_DIR_ENV, Columns, Dataset, load_dataset
 from magistrate.evaluate.report import (
@@ -60,6 +61,7 @@ from magistrate.evaluate.runner import (
     examples_to_judge,
     labels_for,
 )
+from magistrate.pipeline import Cascade, load_pipeline
 from magistrate.policy import load_policy
 from magistrate.prompt import Effort, Mode
 from magistrate.readout.select import choose_readouts
@@ -193,6 +195,16 @@ def run(
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
     database: DatabaseOption = None,
     readout: ReadoutOption = None,
+    pipeline: Annotated[
+        Path | None,
+        typer.Option(
+            help="Evaluate a cascade (a pipeline TOML file) instead of a policy: per tier the "
+            "share decided, F1 and cost, and the whole against its last tier alone.",
+        ),
+    ] = None,
+    baseline: Annotated[
+        bool, typer.Option(help="With --pipeline: also run the last tier on every item.")
+    ] = True,
 ) -> None:
     """Judge every labelled item of a dataset under a policy and report P/R/F1 and more.
 
@@ -204,6 +216,14 @@ def run(
     decision log, which is also the cache: a re-run only judges what changed.
     """
     if ctx.invoked_subcommand is not None:
+        return
+    if pipeline is not None:
+        if dataset is None or policy:
+            raise ConfigError("Give --dataset with --pipeline (the pipeline names its policy).")
+        data = _load(
+            dataset, data_dir, Columns(text=text_col, id=id_col), 1, part, sample, limit, seed
+        )
+        _eval_pipeline(pipeline, data, database, cache, baseline, seed, output, as_json)
         return
     if dataset is None or not policy:
         raise ConfigError("Give --dataset and --policy (or a subcommand: compare, report).")
@@ -239,6 +259,93 @@ def run(
         _report_multi([r.multi for r in runs if r.multi is not None], output, as_json)
         return
     _report_single(runs[0].runs[0], output, as_json)
+
+
+def _eval_pipeline(
+    path: Path,
+    data: Dataset,
+    database: str | None,
+    cache: bool,
+    baseline: bool,
+    seed: int,
+    output: Path,
+    as_json: bool,
+) -> None:
+    """Run a cascade over the dataset, write `<id>.pipeline.json`, print the tiers."""
+    spec = load_pipeline(path)
+    store = Store(database)
+    try:
+        cascade = Cascade(spec, store=store)
+        n = len([e for e in data.examples if e.gold is not None])
+        with counting_progress() as progress:
+            task = progress.add_task(f"{spec.id} on {data.name}", total=n * (2 if baseline else 1))
+
+            def advance(_: object) -> None:
+                progress.update(task, advance=1)
+
+            result = asyncio.run(
+                evaluate_pipeline(
+                    data, cascade, store=store, use_cache=cache, baseline=baseline, seed=seed,
+                    on_result=advance,
+                )
+            )  # fmt: skip
+    finally:
+        store.close()
+    report = result.report
+    output.mkdir(parents=True, exist_ok=True)
+    written = output / f"{report.id}.pipeline.json"
+    _write_json(written, report.document())
+    if as_json:
+        summary = report.model_dump(mode="json", by_alias=True, exclude={"items"})
+        out_console.out(json.dumps({**summary, "result": str(written)}, indent=2), highlight=False)
+        return
+    _print_pipeline(report)
+    err_console.print(f"Result: {escape(str(written))}")
+
+
+def _print_pipeline(report: PipelineReport) -> None:
+    out_console.print(
+        f"[bold]{escape(report.dataset.name)}[/] ({report.dataset.items} items) · pipeline "
+        f"{escape(report.pipeline)} · policy {escape(report.policy)}"
+    )
+    table = Table(
+        "tier",
+        "mode",
+        "band",
+        "reached",
+        "decided",
+        "F1 on decided",
+        "s / item",
+        "tokens / item",
+        box=None,
+    )
+    for t in report.tiers:
+        band = f"[{t.band[0]:.3f}, {min(t.band[1], 1.0):.3f})" if t.band else "-"
+        table.add_row(
+            escape(t.name),
+            t.mode + (" + read-out" if t.readout else ""),
+            band,
+            str(t.reached),
+            f"{t.decided} ({t.share_decided:.1%})",
+            _num(t.f1),
+            f"{t.cost.seconds_per_item:.2f}",
+            f"{t.cost.tokens_per_item:.0f}",
+        )
+    rows = [("cascade", report.cascade)]
+    if report.baseline is not None:
+        rows.append((f"last tier alone ({report.tiers[-1].name})", report.baseline))
+    for name, fig in rows:
+        table.add_row(
+            f"[bold]{escape(name)}[/]", "", "", str(fig.n),
+            f"{fig.abstained} to review" if name == "cascade" else f"{fig.abstained} abstained",
+            f"{_ci(fig.f1, fig.ci95_f1)}", f"{fig.cost.seconds_per_item:.2f}",
+            f"{fig.cost.tokens_per_item:.0f}",
+        )  # fmt: skip
+    out_console.print(table)
+    if report.speedup is not None:
+        out_console.print(
+            f"Seconds per item: the last tier alone costs {report.speedup:.1f}x the cascade."
+        )
 
 
 def _load(
