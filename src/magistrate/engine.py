@@ -58,12 +58,13 @@ from magistrate.errors import (
     InputError,
     MagistrateError,
     MalformedAnswer,
+    ReadOutMismatch,
 )
 from magistrate.ids import new_ulid
 from magistrate.item import DEFAULT_MAX_CHARS, Item
 from magistrate.policy import Policy, PolicyBundle, load_policy
 from magistrate.prompt import Effort, Mode, Prompt, build_bundle_prompt, build_prompt
-from magistrate.readout.artefact import ReadOut, ReadOutMismatch
+from magistrate.readout.artefact import ReadOut
 from magistrate.verdict import (
     ParseStatus,
     Verdict,

@@ -63,6 +63,11 @@ class ConfigError(MagistrateError):
     """A setting, flag or model string that cannot work."""
 
 
+class ReadOutMismatch(ConfigError):
+    """A fitted read-out was given to a judge whose policy text, model or prompt layout it
+    was not fitted on."""
+
+
 class InputError(MagistrateError):
     """Content to classify that cannot be used as it is."""
 

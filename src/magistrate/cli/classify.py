@@ -32,15 +32,16 @@ from magistrate.cli.options import (
 )
 from magistrate.decision import Decision, OnAbstain
 from magistrate.engine import Judge, Judgement, judge_all
-from magistrate.errors import InputError
+from magistrate.errors import ConfigError, InputError
 from magistrate.item import DEFAULT_MAX_CHARS, Item, decode_content, parse_jsonl
+from magistrate.pipeline import Cascade, CascadeResult, load_pipeline
 from magistrate.policy import Policy, load_policy
 from magistrate.prompt import Effort, Mode
 from magistrate.readout.select import choose_readouts
 from magistrate.store import Recorder, Store
 
 PolicyOption = Annotated[
-    list[str],
+    list[str] | None,
     typer.Option(
         "--policy",
         "-p",
@@ -66,7 +67,7 @@ FileOption = Annotated[
 
 @app.command()
 def classify(
-    policy: PolicyOption,
+    policy: PolicyOption = None,
     text: TextArgument = None,
     file: FileOption = None,
     model: ModelOption = DEFAULT_MODEL,
@@ -84,6 +85,13 @@ def classify(
     log_content: LogContentOption = True,
     database: DatabaseOption = None,
     readout: ReadoutOption = None,
+    pipeline: Annotated[
+        Path | None,
+        typer.Option(
+            help="Judge with a cascade (a pipeline TOML file naming the policy and its tiers) "
+            "instead of --policy; the final decision names the tier that decided.",
+        ),
+    ] = None,
 ) -> None:
     """Classify content under a policy: label, rule ids, score and rationale on stdout.
 
@@ -97,9 +105,14 @@ def classify(
     Exit status 0 when every item got a verdict (or was routed by --on-abstain), 3 when at
     least one did not, 1 on bad input.
     """
+    if (pipeline is None) == (not policy):
+        raise ConfigError("Give --policy (repeatable) or --pipeline, not both.")
     items = _read_items(text, file, max_chars)
     # Open the log before loading the model, so a bad --database fails in a second.
     store = Store(database) if log else None
+    if pipeline is not None:
+        _classify_pipeline(pipeline, items, store, log_content, as_json)
+        return
     settings: dict[str, Any] = {
         "effort": effort,
         "mode": mode,
@@ -111,7 +124,7 @@ def classify(
     }
     backend = backend_for(model, base_url=base_url, endpoint=endpoint)
     started = time.perf_counter()
-    policies = [load_policy(p) for p in policy]
+    policies = [load_policy(p) for p in policy or ()]
     readouts = choose_readouts(
         readout, policies, backend, store, mode=mode, combined=len(policies) > 1
     )
@@ -123,6 +136,31 @@ def classify(
     if len(items) > 1:
         _summary([j.violation for j in results], items, judge.policy, elapsed, store)
     if any(d.flagged is None for j in results for d in j.decisions):
+        raise typer.Exit(EXIT_NO_VERDICT)
+
+
+def _classify_pipeline(
+    path: Path, items: list[Item], store: Store | None, log_content: bool, as_json: bool
+) -> None:
+    """Judge the items with a cascade, one line (or JSON object) per final decision."""
+    recorder = Recorder(store, keep_content=log_content) if store else None
+    cascade = Cascade(load_pipeline(path), store=store, recorder=recorder)
+    for tier in cascade.tiers:
+        tier.judge.recorder = recorder
+
+    def show(result: CascadeResult) -> None:
+        if as_json:
+            out_console.out(json.dumps(result.final.to_dict(), ensure_ascii=False), highlight=False)
+        else:
+            tier = f"[cyan]{escape(result.decided_by or 'review')}[/]  "
+            out_console.print(tier + format_decision(result.final))
+
+    try:
+        results = asyncio.run(cascade.judge_all(items, on_result=show))
+    finally:
+        if store is not None:
+            store.close()
+    if any(r.final.flagged is None for r in results):
         raise typer.Exit(EXIT_NO_VERDICT)
 
 

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from magistrate.errors import ConfigError
+from magistrate.errors import ConfigError, ReadOutMismatch
 from magistrate.verdict import ParseStatus, Verdict, failed, violation_score
 
 if TYPE_CHECKING:
@@ -46,11 +46,6 @@ if TYPE_CHECKING:
 SCHEMA: Final = "magistrate.readout/1"
 FeatureSet = Literal["hidden", "hidden+score"]
 _CLIP = 1e-6
-
-
-class ReadOutMismatch(ConfigError):
-    """A read-out was given to a judge whose policy, model or prompt layout it was not
-    fitted on."""
 
 
 class _Model(BaseModel):

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
-from magistrate.errors import NotFound
+from magistrate.errors import NotFound, ReadOutMismatch
 from magistrate.policy import Policy
 from magistrate.readout.artefact import ReadOut
 from magistrate.store.database import Database, refuse_nul
@@ -44,8 +44,6 @@ class ReadOutStore:
         """
         b = readout.binding
         if policy.hash != b.policy_hash:
-            from magistrate.readout.artefact import ReadOutMismatch
-
             raise ReadOutMismatch(
                 f"Read-out {readout.id} is bound to policy text {b.policy_hash[:12]}, not "
                 f"{policy.hash[:12]}."
