@@ -131,7 +131,7 @@ def test_a_failing_tier_never_becomes_safe(tmp_path: Path) -> None:
     for r in results:
         assert r.decided_by is None and r.final.verdict.status is ParseStatus.NEEDS_REVIEW
         assert r.final.violation is None and r.final.flagged is None
-        assert "every tier abstained" in (r.final.verdict.detail or "")
+        assert "the last tier abstained" in (r.final.verdict.detail or "")
 
 
 def test_a_band_on_the_last_tier_sends_items_to_review(tmp_path: Path) -> None:
@@ -187,3 +187,15 @@ def test_tiers_that_cannot_run_as_written_are_refused(tmp_path: Path) -> None:
     bad = '[[tiers]]\nname = "r"\nmodel = "mock/slow"\nmode = "reason"\nreadout = "01SOMEREADOUT"\n'
     with pytest.raises(ConfigError, match="a read-out needs mode"):
         Cascade(load_pipeline(_pipeline(tmp_path, bad)), backends={"mock/slow": MockBackend()})
+
+
+def test_a_score_tier_without_a_band_before_the_last_is_refused(tmp_path: Path) -> None:
+    # readout = "auto" with no read-out fitted yet: tier 1 would decide everything.
+    unbanded = TWO.replace("band = [0.3, 0.7]\n", "").replace(
+        'readout = "none"', 'readout = "auto"'
+    )
+    with pytest.raises(ConfigError, match="has no review band"):
+        Cascade(
+            load_pipeline(_pipeline(tmp_path, unbanded)),
+            backends={"mock/fast": MockBackend(), "mock/slow": MockBackend()},
+        )

@@ -498,3 +498,18 @@ def test_fit_refuses_the_report_part_before_loading_anything() -> None:
     assert result.returncode == 1 and "Refusing to fit on --part report" in result.stderr
     bad = cli("fit", "-p", "spam", "--dataset", "toxicchat", "--target", "precision=2")
     assert bad.returncode == 1 and "A target is" in bad.stderr
+
+
+def test_band_edges_share_and_saturated_scores() -> None:
+    scores = [i / 100 for i in range(100)]
+    gold = [s >= 0.5 for s in scores]
+    point = operating_point(gold, scores, Target("f1"), review_share=0.15)
+    assert point.band_share == pytest.approx(0.15)  # 0.15 * 100 is 15 items, not 16
+    # A saturated score of exactly 1 is the surest violation, never in a band below the top.
+    top = [0.1] * 20 + [0.6] * 5 + [1.0] * 5
+    point = operating_point([False] * 20 + [True] * 10, top, Target("f1"), review_share=0.2)
+    assert point.band is not None and point.band[1] <= 1.0
+    from magistrate.readout.artefact import TOP, in_band
+
+    assert not in_band(point.band, 1.0)
+    assert in_band((0.2, TOP), 1.0) and in_band((0.2, 1.0), 1.0) and not in_band((0.2, 0.5), 0.5)

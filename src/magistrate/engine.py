@@ -463,7 +463,8 @@ class Judge:
             if policy is None:
                 raise ReadOutMismatch(
                     f"Read-out {readout.id} was fitted on policy {readout.binding.policy_id}, "
-                    f"which this judge does not have ({', '.join(by_id)})."
+                    f"which this judge does not have ({', '.join(by_id)}). Pass the read-out "
+                    "of one of these policies, or judge that policy."
                 )
             if policy.hash in bound:
                 raise ConfigError(f"Two read-outs were given for policy {policy.id}; pass one.")

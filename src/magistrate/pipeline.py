@@ -54,7 +54,7 @@ from magistrate.ids import new_ulid
 from magistrate.item import Item
 from magistrate.policy import Policy, load_policy
 from magistrate.prompt import Effort, Mode
-from magistrate.readout.artefact import ReadOut
+from magistrate.readout.artefact import ReadOut, in_band
 from magistrate.verdict import ParseStatus, Verdict, failed
 
 if TYPE_CHECKING:
@@ -165,8 +165,7 @@ class Tier:
         score = decision.verdict.score
         if score is None:  # a band needs a score; without one the tier cannot be sure
             return False
-        low, high = self.band
-        return not (low <= score and (score < high or high >= 1.0))
+        return not in_band(self.band, score)
 
 
 @dataclass(frozen=True)
@@ -247,6 +246,16 @@ class Cascade:
                     "an item in it; drop the band or use a backend with label scores."
                 )
             self.tiers.append(Tier(t, judge, band, readout))
+        for tier in self.tiers[:-1]:
+            # A reason tier without a band decides whatever it reaches a verdict on and hands
+            # on only its abstentions (a fallback); a score tier without one is a mistake.
+            if tier.band is None and tier.spec.mode is Mode.SCORE:
+                raise ConfigError(
+                    f"Score tier {tier.name!r} has no review band, so it would decide every "
+                    "item and the tiers after it would never run: fit a read-out first "
+                    f'(`magistrate fit -p {self.policy.id} ...`; readout = "auto" takes its '
+                    "band), or set band = [low, high) in the pipeline file."
+                )
 
     @property
     def name(self) -> str:
@@ -347,8 +356,11 @@ class Cascade:
             verdict: Verdict = last.verdict
         else:
             tier = self.tiers[len(made) - 1]
+            all_abstained = all(not d.ok for _, d, _ in made)
             why = (
                 f"every tier abstained (last: {last.verdict.status.value})"
+                if all_abstained
+                else f"the last tier abstained ({last.verdict.status.value})"
                 if not last.ok
                 else f"tier {last_name!r} was unsure (score {last.verdict.score:.3f} in its "
                 f"review band)"

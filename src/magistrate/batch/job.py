@@ -200,12 +200,19 @@ class BatchJob:
                 )
             return self._new_manifest()
         if found.job != self.name or found.spec_hash != self.spec.hash():
-            changed = ", ".join(found.spec.differences(self.spec)) or "its name"
+            differs = found.spec.differences(self.spec)
+            changed = ", ".join(differs) or "its name"
+            hint = (
+                f" It was started with read-outs {found.spec.readouts or 'none'}: pass "
+                f"--readout {' --readout '.join(found.spec.readouts) or 'none'} to resume it."
+                if differs == ["readouts"]
+                else ""
+            )
             raise ConfigError(
                 f"{self.output} belongs to job {found.job!r} ({found.rows_committed:,} rows "
                 f"done, {found.state}), which differs from this one in: {changed}. A changed "
                 "input, policy, model or option is a new job: write it to another output, "
-                "or pass --restart to discard the old job's results."
+                f"or pass --restart to discard the old job's results.{hint}"
             )
         self._check_log(found)
         self._remove_strays(found)

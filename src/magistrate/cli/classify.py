@@ -106,7 +106,7 @@ def classify(
     least one did not, 1 on bad input.
     """
     if (pipeline is None) == (not policy):
-        raise ConfigError("Give --policy (repeatable) or --pipeline, not both.")
+        raise ConfigError("Give --policy (repeatable) or --pipeline: one of the two.")
     items = _read_items(text, file, max_chars)
     # Open the log before loading the model, so a bad --database fails in a second.
     store = Store(database) if log else None

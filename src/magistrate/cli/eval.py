@@ -217,16 +217,6 @@ def run(
     """
     if ctx.invoked_subcommand is not None:
         return
-    if pipeline is not None:
-        if dataset is None or policy:
-            raise ConfigError("Give --dataset with --pipeline (the pipeline names its policy).")
-        data = _load(
-            dataset, data_dir, Columns(text=text_col, id=id_col), 1, part, sample, limit, seed
-        )
-        _eval_pipeline(pipeline, data, database, cache, baseline, seed, output, as_json)
-        return
-    if dataset is None or not policy:
-        raise ConfigError("Give --dataset and --policy (or a subcommand: compare, report).")
     columns = Columns(
         text=text_col,
         label=label_col[0] if label_col else None,
@@ -236,6 +226,17 @@ def run(
         shape=shape,
         target=target,
     )
+    if pipeline is not None:
+        if dataset is None or policy or readout:
+            raise ConfigError(
+                "Give --dataset with --pipeline; the pipeline file names the policy, and each "
+                "tier its model, mode and read-out (no --policy or --readout)."
+            )
+        data = _load(dataset, data_dir, columns, 1, part, sample, limit, seed)
+        _eval_pipeline(pipeline, data, database, cache, baseline, seed, output, as_json)
+        return
+    if dataset is None or not policy:
+        raise ConfigError("Give --dataset and --policy (or a subcommand: compare, report).")
     data = _load(dataset, data_dir, columns, len(policy), part, sample, limit, seed)
     store = Store(database)
     backend = backend_for(model, base_url=base_url, endpoint=endpoint)

@@ -333,10 +333,8 @@ class ReadOut:
         return _sigmoid(float(np.dot(x, coef)) + offset)
 
     def in_band(self, score: float) -> bool:
-        """True when `score` falls in the review band `[low, high)` (a band reaching 1 holds
-        1 too); never, without a band."""
-        band = self.point.band
-        return band is not None and band[0] <= score and (score < band[1] or band[1] >= 1.0)
+        """True when `score` falls in the review band (see `in_band`); never without one."""
+        return self.point.band is not None and in_band(self.point.band, score)
 
     def apply(self, verdict: Verdict, features: Sequence[float] | None, policy: Policy) -> Verdict:
         """The verdict with the read-out's score and label in place of the zero-shot ones.
@@ -364,6 +362,17 @@ class ReadOut:
         return replace(verdict, label=best.name, violation=violation, score=score, answer=best.name)
 
 
+TOP = 1.0 + 1e-9
+"""The upper end of a band that reaches the top: past every score, 1 included."""
+
+
+def in_band(band: tuple[float, float], score: float) -> bool:
+    """True when `score` is in the band `[low, high)`; a band whose upper end is past 1
+    (`TOP`, or an explicit `[low, 1]`) holds 1 too."""
+    low, high = band
+    return low <= score and (score < high or (high >= 1.0 and score >= 1.0))
+
+
 def zero_shot_logit(p: float) -> float:
     """Log-odds of a zero-shot score, clipped so 0 and 1 stay finite."""
     q = min(1.0 - _CLIP, max(_CLIP, p))
@@ -386,5 +395,6 @@ __all__ = [
     "ReadOutDocument",
     "ReadOutMismatch",
     "TrainingData",
+    "in_band",
     "zero_shot_logit",
 ]

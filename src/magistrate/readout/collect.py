@@ -132,7 +132,8 @@ async def fit_readout(
     gold = [bool(e.gold) for e, _ in rows]
 
     started = time.perf_counter()
-    fitted = fit_probe(hidden, zero_shot, gold, folds=folds, seed=seed)
+    groups = [d.item_hash for _, d in rows]
+    fitted = fit_probe(hidden, zero_shot, gold, folds=folds, seed=seed, groups=groups)
     point = operating_point(gold, fitted.oof, target, review_share=review_share, band=band)
     roc, pr, best = ranking(gold, fitted.oof)
     zs_roc, zs_pr, zs_best = ranking(gold, zero_shot)

@@ -8,8 +8,9 @@ Protocol:
   log-odds appended (`hidden+score`). Each column is standardised (mean and scale of the
   fitted items: no labels are used for it).
 - For each feature set and each regularisation strength C, out-of-fold scores come from
-  stratified k-fold cross-validation; the configuration with the best out-of-fold PR-AUC
-  wins (ties, to three places, go to the lower out-of-fold log loss).
+  stratified k-fold cross-validation (items with the same content share a fold); the
+  configuration with the best out-of-fold PR-AUC wins (ties, to three places, go to the
+  lower out-of-fold log loss).
 - The threshold and the review band are chosen on those out-of-fold scores, never on scores
   of items a model was fitted on. The final model is then fitted on every item.
 """
@@ -23,7 +24,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from magistrate.errors import ConfigError
-from magistrate.readout.artefact import Candidate, FeatureSet, OperatingPoint, zero_shot_logit
+from magistrate.readout.artefact import (
+    TOP,
+    Candidate,
+    FeatureSet,
+    OperatingPoint,
+    in_band,
+    zero_shot_logit,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -122,17 +130,25 @@ def fit_probe(
     seed: int = 0,
     feature_sets: Sequence[FeatureSet] = FEATURE_SETS,
     grid: Sequence[float] = C_GRID,
+    groups: Sequence[str] | None = None,
 ) -> Fitted:
     """Choose a feature set and C by out-of-fold PR-AUC (ties, to three places, go to the
-    lower out-of-fold log loss), then fit on every item."""
+    lower out-of-fold log loss), then fit on every item.
+
+    Args:
+        groups: One key per item (the content hash): items with the same key stay in one
+            fold, so a repeated text is never scored by a model fitted on its copy.
+    """
     import numpy as np
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import average_precision_score, log_loss
-    from sklearn.model_selection import StratifiedKFold
+    from sklearn.model_selection import StratifiedGroupKFold
 
     check_labels(gold, folds)
     y = np.asarray(gold, dtype=bool)
-    splits = list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(hidden, y))
+    keys = list(groups) if groups is not None else [str(i) for i in range(len(y))]
+    splitter = StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
+    splits = list(splitter.split(hidden, y, groups=keys))
     best: tuple[tuple[float, float], float, FeatureSet, list[float]] | None = None
     candidates: list[Candidate] = []
     for features in feature_sets:
@@ -233,7 +249,7 @@ def operating_point(
         )
     share = outside_f1 = None
     if low_high is not None:
-        inside = (s >= low_high[0]) & ((s < low_high[1]) | (low_high[1] >= 1.0))
+        inside = np.asarray([in_band(low_high, float(x)) for x in s], dtype=bool)
         share = float(inside.mean())
         outside_f1 = _prf(y[~inside], pred[~inside])[2] if (~inside).any() else None
     return OperatingPoint(
@@ -257,16 +273,18 @@ def _band(
     if share <= 0:
         return None
     if share >= 1:
-        return (0.0, 1.0 + 1e-9)
+        return (0.0, TOP)
     ordered = np.sort(scores)
     n = len(ordered)
-    k = max(1, math.ceil(share * n))
+    k = max(1, math.ceil(share * n - 1e-9))
     at = int(np.searchsorted(ordered, threshold, side="left"))
     start = min(max(0, at - k // 2), max(0, n - k))
     end = start + k
     low = min(float(ordered[start]), threshold)
-    high = max(float(ordered[end]) if end < n else 1.0 + 1e-9, threshold)
-    return (low, min(high, 1.0 + 1e-9))
+    # Past the last score the band reaches the top; a score of exactly 1 below that end
+    # stays outside (a saturated sigmoid is the surest violation, not an unsure one).
+    high = max(min(float(ordered[end]), 1.0 - 1e-12), threshold) if end < n else TOP
+    return (low, high)
 
 
 def _prf(y: npt.NDArray[np.bool_], pred: npt.NDArray[np.bool_]) -> tuple[float, float, float]:

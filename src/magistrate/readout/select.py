@@ -59,8 +59,8 @@ def choose_readouts(
         raise ConfigError("--readout takes `auto`, `none`, or read-out ids and files; not a mix.")
     if Mode(mode) is not Mode.SCORE or combined:
         raise ConfigError(
-            "A read-out judges one policy's prompt in score mode: add --mode score (and "
-            "--strategy separate with several policies)."
+            "A read-out judges one policy's prompt in score mode: use --mode score with one "
+            "policy per prompt (eval and batch: --strategy separate), or --readout none."
         )
     found = []
     for choice in wanted:
@@ -80,6 +80,8 @@ def _matching(policies: Sequence[Policy], backend: Backend, store: Store) -> lis
     native = backend.capabilities.native_reasoning
     found = []
     for policy in policies:
+        if not store.readouts.has(policy.hash):
+            continue  # (binding a GGUF file means hashing it: only when a read-out could fit)
         rep = backend.representation(build_prompt(policy, probe, native_reasoning=native))
         if rep is None:
             continue

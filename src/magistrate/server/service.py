@@ -184,7 +184,10 @@ class Service:
 
     def _readouts_for(self, policies: Sequence[Policy], mode: Mode, combine: bool) -> list[ReadOut]:
         """The configured read-outs that bind to these policies (explicit ones for other
-        policies are simply not theirs)."""
+        policies are simply not theirs). Reason mode and combined prompts use none: a
+        read-out judges one policy's prompt in score mode."""
+        if mode is not Mode.SCORE or combine:
+            return []
         found = choose_readouts(
             self.settings.readouts, policies, self.backend, self.store, mode=mode, combined=combine
         )
@@ -215,6 +218,8 @@ class Service:
         self.check_mode(mode)
         judge = await self.judge_for(policies, mode, effort, combine=combine)
         prefix = f"{judge.strategy.value}:{self.backend.name}:{mode.value}:{effort.value}"
+        if judge.readouts:  # a verdict made by a read-out is cached under that read-out
+            prefix += ":" + ",".join(sorted(r.hash for r in judge.readouts.values()))
         if judge.combined and judge.bundle is not None:
             prefix += f":{judge.bundle.hash}"
 

@@ -169,7 +169,7 @@ def _m005_readouts(conn: Connection) -> None:
         sa.Column("created_at", sa.String(32), nullable=False),
         sa.Column("policy_id", sa.Text, nullable=False, index=True),
         sa.Column("policy_hash", sa.String(64), nullable=False, index=True),
-        sa.Column("model_sha256", sa.String(64), nullable=False),
+        sa.Column("model_sha256", sa.Text, nullable=False),
         sa.Column("layout", sa.String(64), nullable=False),
         sa.Column("sha256", sa.String(64), nullable=False),  # of the document
         sa.Column("document", sa.Text, nullable=False),  # canonical JSON

@@ -85,6 +85,15 @@ class ReadOutStore:
             )
         return self._parse(row.document, readout_id, row.sha256)
 
+    def has(self, policy_hash: str) -> bool:
+        """Whether any read-out is stored for this policy text."""
+        table = self.db.tables["readouts"]
+        with self.db.read() as conn:
+            row = conn.execute(
+                sa.select(table.c.id).where(table.c.policy_hash == policy_hash).limit(1)
+            ).first()
+        return row is not None
+
     def latest(self, policy_hash: str, model_sha256: str, layout: str) -> ReadOut | None:
         """The newest read-out bound to exactly this policy text, model and layout."""
         table = self.db.tables["readouts"]
