@@ -17,7 +17,7 @@ from magistrate.errors import BackendUnavailable, ConfigError
 from magistrate.evaluate.cascade import evaluate_pipeline
 from magistrate.evaluate.datasets import Dataset, Example
 from magistrate.pipeline import Cascade, load_pipeline
-from magistrate.store import Store
+from magistrate.store import Recorder, Store
 from magistrate.verdict import ParseStatus
 
 POLICY = """\
@@ -199,3 +199,49 @@ def test_a_score_tier_without_a_band_before_the_last_is_refused(tmp_path: Path) 
             load_pipeline(_pipeline(tmp_path, unbanded)),
             backends={"mock/fast": MockBackend(), "mock/slow": MockBackend()},
         )
+
+
+@pytest.mark.model
+def test_a_cascade_on_the_embedded_model(tmp_path: Path, embedded_backend) -> None:
+    tiers = """
+[[tiers]]
+name = "score"
+mode = "score"
+readout = "none"
+band = [0.2, 0.8]
+
+[[tiers]]
+name = "reason"
+mode = "reason"
+effort = "low"
+"""
+    path = tmp_path / "spam.toml"
+    path.write_text(f'id = "spam-cascade"\npolicy = "spam"\n{tiers}')
+    texts = [
+        "WIN a FREE iPhone!!! Click http://bit.ly/x to claim",
+        "Are we still meeting for lunch tomorrow?",
+        "Your account needs attention, see the link",
+    ]
+    with Store(str(tmp_path / "log.db")) as store:
+        cascade = Cascade(
+            load_pipeline(path), store=store, backends={"llamacpp/embedded": embedded_backend}
+        )
+        recorder = Recorder(store)
+        cascade.recorder = recorder
+        for tier in cascade.tiers:
+            tier.judge.recorder = recorder
+        results = asyncio.run(cascade.judge_all(texts))
+        for r in results:
+            assert (
+                r.decided_by in ("score", "reason")
+                or r.final.verdict.status is ParseStatus.NEEDS_REVIEW
+            )
+            first = r.tiers[0][1]
+            # the score tier decides exactly when its score is outside [0.2, 0.8)
+            outside = first.verdict.score is not None and not 0.2 <= first.verdict.score < 0.8
+            assert (r.decided_by == "score") == (first.ok and outside)
+            stored = store.log.decision(r.final.id).decision
+            assert stored.options["tier_decisions"] == [d.id for _, d, _ in r.tiers]
+            for linked in stored.options["tier_decisions"]:
+                assert store.log.decision(linked).decision.backend == "llamacpp/embedded"
+    assert results[0].final.violation is True and results[1].final.violation is False

