@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 from rich.markup import escape
 
@@ -108,7 +107,9 @@ def classify(
     """
     if (pipeline is None) == (not policy):
         # a usage error (exit 2), like any missing option
-        raise click.UsageError("Give --policy (repeatable) or --pipeline: one of the two.")
+        raise typer.BadParameter(
+            "Give --policy (repeatable) or --pipeline: one of the two.", param_hint="--policy"
+        )
     items = _read_items(text, file, max_chars)
     # Open the log before loading the model, so a bad --database fails in a second.
     store = Store(database) if log else None
