@@ -48,7 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from magistrate.backends import DEFAULT_MODEL, Backend, backend_for
 from magistrate.completion import Usage
 from magistrate.decision import Decision, Recorder
-from magistrate.engine import Content, Judge, Judgement, Lookup
+from magistrate.engine import Content, Judge, Judgement, Lookup, _aiter
 from magistrate.errors import ConfigError
 from magistrate.ids import new_ulid
 from magistrate.item import Item
@@ -292,7 +292,7 @@ class Cascade:
         """
         chunk: list[Item] = []
         start = 0
-        async for content in _each(items):
+        async for content in _aiter(items):
             chunk.append(self.tiers[0].judge.item(content))
             if len(chunk) >= CHUNK:
                 for result in await self._chunk(chunk, start, lookups):
@@ -400,15 +400,6 @@ class Cascade:
             error=None if decided_by is not None or last.ok else last.error,
             metadata=dict(item.metadata),
         )
-
-
-async def _each(items: Iterable[Content] | AsyncIterable[Content]) -> AsyncIterator[Content]:
-    if isinstance(items, AsyncIterable):
-        async for content in items:
-            yield content
-    else:
-        for content in items:
-            yield content
 
 
 __all__ = ["CHUNK", "Cascade", "CascadeResult", "PipelineSpec", "Tier", "TierSpec", "load_pipeline"]
