@@ -24,7 +24,7 @@ from magistrate.item import Item
 from magistrate.policy import Policy, parse_policy
 from magistrate.readout import ReadOut, ReadOutMismatch, Target
 from magistrate.readout.collect import fit_readout
-from magistrate.readout.fit import fit_probe, operating_point
+from magistrate.readout.fit import C_GRID, candidate_kinds, fit_probe, operating_point
 from magistrate.readout.select import choose_readouts
 from magistrate.store import Store
 from magistrate.verdict import ParseStatus
@@ -86,14 +86,43 @@ def test_fit_probe_ranks_a_planted_direction_out_of_fold() -> None:
     hidden = rng.normal(size=(150, 32))
     hidden[:, 5] += np.where(gold, 1.5, -1.5)  # the signal lives in one direction
     zero_shot = [0.5] * 150  # an uninformative zero-shot score
-    fitted = fit_probe(hidden, zero_shot, gold, folds=5, seed=0)
+    fitted = fit_probe({"final-norm@label": hidden}, zero_shot, gold, folds=5, seed=0)
     from sklearn.metrics import roc_auc_score
 
     assert roc_auc_score(gold, fitted.oof) > 0.9
-    assert len(fitted.candidates) == 18 and fitted.features in ("hidden", "hidden+score")
-    assert fitted == fit_probe(hidden, zero_shot, gold, folds=5, seed=0)  # repeatable
+    assert len(fitted.candidates) == 2 * len(C_GRID) and fitted.kind == "final-norm@label"
+    assert fitted.features in ("hidden", "hidden+score")
+    # repeatable, folds fitted two at a time or one after another
+    assert fitted == fit_probe({"final-norm@label": hidden}, zero_shot, gold, jobs=1)
     with pytest.raises(ConfigError, match="at least 10 violating"):
-        fit_probe(hidden[:30], zero_shot[:30], [True] * 5 + [False] * 25)
+        fit_probe({"x": hidden[:30]}, zero_shot[:30], [True] * 5 + [False] * 25)
+
+
+def test_fit_probe_keeps_the_state_where_the_signal_is() -> None:
+    rng = np.random.default_rng(5)
+    gold = [i % 4 == 0 for i in range(160)]
+    noise = rng.normal(size=(160, 16))
+    signal = rng.normal(size=(160, 16))
+    signal[:, 2] += np.where(gold, 2.0, -2.0)
+    states = {"final-norm@label": noise, "layer-3@label": signal, "layer-5@label": noise * 2}
+    fitted = fit_probe(states, [0.5] * 160, gold, folds=4, seed=1, jobs=1)
+    assert fitted.kind == "layer-3@label"
+    # every state was compared once, then the chosen one over the whole grid
+    assert [c.kind for c in fitted.candidates[:3]] == list(states)
+    assert len(fitted.candidates) == 3 + 2 * len(C_GRID)
+    assert {c.kind for c in fitted.candidates[3:]} == {"layer-3@label"}
+
+
+def test_candidate_kinds_sit_at_fixed_depths() -> None:
+    offered = ("final-norm@label", *(f"layer-{i}@label" for i in range(28)))
+    assert candidate_kinds(offered) == (
+        "final-norm@label",
+        "layer-12@label",
+        "layer-15@label",
+        "layer-18@label",
+        "layer-21@label",
+    )
+    assert candidate_kinds(("final-norm@label",)) == ("final-norm@label",)
 
 
 # -- a scripted world -------------------------------------------------------------------------
@@ -151,9 +180,10 @@ def test_fit_through_the_judge_binds_the_artefact(fitted: ReadOut) -> None:
     # Tied scores (the script has few distinct states) can leave the band a little short.
     assert doc.point.band is not None and 0.1 <= (doc.point.band_share or 0) <= 0.25
     again = ReadOut.from_json(fitted.to_json())
-    assert again.hash == fitted.hash and again.score([1, 0, 0, 1]) > 0.8 > 0.2 > again.score(
-        [-1, 0, 0, 1]
-    )
+    assert again.hash == fitted.hash
+    threshold = again.point.threshold
+    assert again.score([1, 0, 0, 1]) > max(0.6, threshold)
+    assert again.score([-1, 0, 0, 1]) < min(0.4, threshold)
 
 
 def test_a_read_out_judges_and_is_named_on_every_decision(fitted: ReadOut) -> None:
@@ -167,10 +197,10 @@ def test_a_read_out_judges_and_is_named_on_every_decision(fitted: ReadOut) -> No
     first, second = asyncio.run(judge_all(judge, ["a", "b"]))
     a, b = first.decisions[0], second.decisions[0]
     # The read-out overrules the zero-shot score both ways; the zero-shot probabilities stay.
-    assert a.violation is True and a.verdict.score is not None and a.verdict.score > 0.9
+    assert a.violation is True and a.verdict.score is not None and a.verdict.score > 0.6
     assert b.violation is False and b.verdict.label_probs["1"] == pytest.approx(0.9)
     assert a.options["readout"] == fitted.id and a.options["readout_sha256"] == fitted.hash
-    assert all(o.features for o in backend.options)
+    assert all(o.features == ("final-norm@label",) for o in backend.options)
     assert a.features is None  # hidden states are kept only for a judge that asks
 
 
@@ -378,17 +408,22 @@ def test_the_hidden_state_is_read_in_the_score_pass(embedded_backend) -> None:
     backend = embedded_backend
     prompt = build_prompt(load_policy("spam"), Item.of(SPAM[0]))
     plain = CompletionOptions(max_tokens=1, constrain_label=True)
-    asked = replace(plain, features=True)
+    asked = replace(plain, features=("final-norm@label", "layer-15@label"))
     first = backend.complete_sync(prompt, asked)
     backend.complete_sync(build_prompt(load_policy("spam"), Item.of(HAM[0])), plain)
     again = backend.complete_sync(prompt, asked)  # the KV cache now holds another item
     without = backend.complete_sync(prompt, plain)
-    assert first.features is not None and len(first.features) == backend.llama.n_embd()
+    width = backend.llama.n_embd()
+    assert first.features is not None and len(first.features) == 2 * width
     assert without.features is None
+    # two tensors of the graph, one after the other in the features
+    final = np.asarray(first.features[:width])
+    assert not np.allclose(final, np.asarray(first.features[width:]))
     # The same state whatever the KV cache held before, up to llama.cpp's batch-dependent
     # rounding (the cached prefix changes how the prompt is split into batches).
-    a, b = np.asarray(first.features), np.asarray(again.features)
-    assert float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) > 0.995
+    for part in (slice(0, width), slice(width, 2 * width)):
+        a, b = np.asarray(first.features[part]), np.asarray(again.features[part])
+        assert float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) > 0.995
     assert first.label_probs is not None and without.label_probs is not None
     assert first.label_probs["1"] == pytest.approx(without.label_probs["1"], abs=0.05)
     rep = backend.representation(prompt)
@@ -396,6 +431,9 @@ def test_the_hidden_state_is_read_in_the_score_pass(embedded_backend) -> None:
     other = backend.representation(build_prompt(load_policy("spam"), Item.of(HAM[1])))
     assert other == rep  # the layout does not depend on the content
     assert backend.representation(build_prompt(load_policy("toxic-prompt"), Item.of("x"))) != rep
+    assert rep.kinds[0] == "final-norm@label" and len(rep.kinds) == 1 + 28
+    with pytest.raises(ConfigError, match="has 28"):
+        backend.complete_sync(prompt, replace(plain, features=("layer-28@label",)))
 
 
 @pytest.mark.model

@@ -58,8 +58,9 @@ class Completion:
             normalisation (low mass means the model wanted to say something else).
         slot_probs: Combined prompts in score mode: `label_probs` for each of the prompt's
             `slots`, in order; None where a slot's label could not be read.
-        features: With `CompletionOptions.features`: the model's hidden state at the label
-            position (what a fitted read-out reads); None when not asked for.
+        features: With `CompletionOptions.features`: the model's hidden states at the label
+            position (what a fitted read-out reads), the kinds asked for one after another;
+            None when not asked for.
     """
 
     text: str
@@ -91,8 +92,9 @@ class CompletionOptions:
             the rationale is written for the chosen label.
         constrained: Decode under the prompt's JSON schema or grammar (no prefill).
         timeout_s: Give up after this many seconds (backends that can).
-        features: Also return the hidden state at the label position (`Completion.features`),
-            read in the same pass as the label logits; backends with `hidden_state` only.
+        features: Also return these hidden states at the label position (kinds from
+            `Representation.kinds`, concatenated in this order in `Completion.features`), read
+            in the same pass as the label logits; backends with `hidden_state` only.
     """
 
     max_tokens: int = 256
@@ -104,7 +106,7 @@ class CompletionOptions:
     label_threshold: float | None = None
     constrained: bool = False
     timeout_s: float | None = None
-    features: bool = False
+    features: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """The options as recorded with a decision."""

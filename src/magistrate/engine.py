@@ -377,8 +377,9 @@ class Judge:
             each checked against its policy, the backend's model and the prompt layout
             (`ReadOutMismatch` when it was fitted on anything else). A policy with a
             read-out is judged by it in score mode; its decisions name it in `options`.
-        features: Keep the hidden state at the label position on each decision
-            (`Decision.features`, never recorded): what `magistrate fit` learns from.
+        features: Keep these hidden states at the label position on each decision (kinds
+            from `Representation.kinds`, concatenated in `Decision.features`, never
+            recorded): what `magistrate fit` learns from. Not with `readouts`.
 
     Raises:
         ConfigError: An unknown effort, mode or strategy, or a mode the backend cannot do.
@@ -402,7 +403,7 @@ class Judge:
         on_abstain: OnAbstain | str = OnAbstain.ERROR,
         recorder: Recorder | None = None,
         readouts: Iterable[ReadOut] = (),
-        features: bool = False,
+        features: Sequence[str] = (),
     ) -> None:
         self.policies = _load_policies(policies)
         self.strategy = _enum(Strategy, strategy, "strategy")
@@ -437,8 +438,12 @@ class Judge:
         self.recorder = recorder
         self._calls = self._plan()
         self._decision_options: dict[tuple[object, ...], dict[str, Any]] = {}
-        self.features = features
+        self.features = tuple(features)
         self.readouts = self._bind(tuple(readouts))
+        if self.features and self.readouts:
+            raise ConfigError(
+                "A judge keeps hidden states for fitting or applies read-outs, not both."
+            )
         if features and (self.mode is not Mode.SCORE or self.combined or not caps.hidden_state):
             raise ConfigError(
                 f"Hidden states are read per policy in score mode, on a backend that returns "
@@ -525,7 +530,7 @@ class Judge:
                 constrain_label=True,
                 label_threshold=threshold,
                 timeout_s=self.timeout_s,
-                features=not combined and (self.features or target.hash in self.readouts),
+                features=() if combined else self._kinds(target),
             )
         else:
             options = CompletionOptions(
@@ -535,6 +540,13 @@ class Judge:
                 timeout_s=self.timeout_s,
             )
         return replace(options, scores=False) if combined and self.mode is Mode.REASON else options
+
+    def _kinds(self, policy: Policy) -> tuple[str, ...]:
+        """The hidden states a score-mode call for `policy` asks the backend for."""
+        if self.features:
+            return self.features
+        readout = self.readouts.get(policy.hash)
+        return (readout.binding.kind,) if readout is not None else ()
 
     def decision_options(
         self, policy: Policy | None = None, *, constrained: bool = False

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Final
 
 from magistrate.completion import Completion, CompletionOptions, Usage
 from magistrate.prompt import Prompt
@@ -44,6 +44,15 @@ class Capabilities:
     hidden_state: bool = False
 
 
+FINAL_NORM: Final = "final-norm@label"
+"""The last layer's normalised output at the label position (what the logits are read from)."""
+
+
+def layer_kind(index: int) -> str:
+    """The kind naming the residual stream after block `index` (0-based) at the label position."""
+    return f"layer-{index}@label"
+
+
 @dataclass(frozen=True)
 class Representation:
     """What a hidden state at the label position is a function of, besides the content.
@@ -52,15 +61,16 @@ class Representation:
         model_sha256: SHA-256 of the model file (or another stable identity of the weights).
         layout: SHA-256 of the prompt as the model sees it with a fixed placeholder where the
             content goes: policy text, format block, chat template and prefill.
-        size: Length of the feature vector.
-        kind: Which state it is (`final-norm@label`: the last layer's normalised output at
-            the label position).
+        size: Length of one state's vector.
+        kinds: The states it can return at the label position (`CompletionOptions.features`):
+            `final-norm@label`, the last layer's normalised output (what the label logits are
+            read from), and `layer-K@label`, the residual stream after block K (0-based).
     """
 
     model_sha256: str
     layout: str
     size: int
-    kind: str = "final-norm@label"
+    kinds: tuple[str, ...] = (FINAL_NORM,)
 
 
 class Backend(ABC):
@@ -98,4 +108,13 @@ class Backend(ABC):
         return f"{self.provider}/{self.model}"
 
 
-__all__ = ["Backend", "Capabilities", "Completion", "CompletionOptions", "Representation", "Usage"]
+__all__ = [
+    "FINAL_NORM",
+    "Backend",
+    "Capabilities",
+    "Completion",
+    "CompletionOptions",
+    "Representation",
+    "Usage",
+    "layer_kind",
+]

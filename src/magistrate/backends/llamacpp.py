@@ -32,13 +32,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from magistrate.backends.base import (
+    FINAL_NORM,
     Backend,
     Capabilities,
     Completion,
     CompletionOptions,
     Representation,
     Usage,
+    layer_kind,
 )
+from magistrate.backends.llamacpp_tap import StateTap, install
 from magistrate.errors import (
     BackendError,
     BackendTimeout,
@@ -169,6 +172,12 @@ class LlamaCppBackend(Backend):
         self._grammars: dict[str, Any] = {}
         self._embedded = model is None or str(model) in EMBEDDED_NAMES
         self._sha256: str | None = None
+        # Hidden states are copied out of the graph during the label's own decode.
+        self._tap: StateTap | None = None
+        if not self.harmony:
+            n_layer = int(llama_cpp.llama_model_n_layer(self._llm.model))
+            self._tap = StateTap(int(self._llm.n_embd()), n_layer)
+            install(self._llm, self._tap, verbose=verbose)
 
     @property
     def llama(self) -> Any:
@@ -265,9 +274,12 @@ class LlamaCppBackend(Backend):
         position to read."""
         if self.harmony:
             return None
+        if self._tap is None:
+            return None
         rendered = self.render(prompt, content=LAYOUT_PLACEHOLDER)
         layout = hashlib.sha256(rendered.encode("utf-8")).hexdigest()
-        return Representation(self.model_sha256, layout, int(self._llm.n_embd()))
+        layers = tuple(layer_kind(i) for i in range(self._tap.n_layer))
+        return Representation(self.model_sha256, layout, self._tap.n_embd, (FINAL_NORM, *layers))
 
     def _complete(self, prompt: Prompt, options: CompletionOptions) -> Completion:
         """Produce one completion; runs on the model thread only.
@@ -401,37 +413,31 @@ class LlamaCppBackend(Backend):
         violating: Sequence[bool],
         threshold: float | None = None,
         *,
-        features: bool = False,
+        features: tuple[str, ...] = (),
     ) -> _LabelRead:
         """Evaluate `tokens` after the first `n_tokens` in the KV cache; read the label logits.
 
-        With `features`, the last token is evaluated on its own with embeddings switched on,
-        so llama.cpp outputs that one position's hidden state (the last layer's normalised
-        output) next to its logits. With embeddings on, llama.cpp outputs every token of a
-        batch; one token alone keeps the cost to one small decode (measured +0-4% per item
-        on ToxicChat prompts, against +15% for the whole batch with embeddings on).
+        With `features`, the state tap copies those hidden states at the last token (the
+        label position) out of the same decode (`llamacpp_tap`): no second pass.
         """
         import llama_cpp
         import numpy as np
 
         llm = self._llm
         hidden: tuple[float, ...] | None = None
+        if features and self._tap is None:
+            raise ConfigError(f"{self.name} cannot return hidden states.")
         try:
-            if not features:
-                llm.eval(tokens)
-            else:
-                if len(tokens) > 1:
-                    llm.eval(tokens[:-1])
-                llama_cpp.llama_set_embeddings(llm.ctx, True)
+            if features and self._tap is not None:
+                self._tap.capture(features)
                 try:
-                    llm.eval(tokens[-1:])
-                    pointer = llama_cpp.llama_get_embeddings_ith(llm.ctx, -1)
-                    if not pointer:
-                        raise BackendError("llama.cpp returned no hidden state.")
-                    state = np.ctypeslib.as_array(pointer, shape=(llm.n_embd(),))
-                    hidden = tuple(state.astype(float).tolist())
-                finally:
-                    llama_cpp.llama_set_embeddings(llm.ctx, False)
+                    llm.eval(tokens)
+                except BaseException:
+                    self._tap.reset()
+                    raise
+                hidden = self._tap.take(features)
+            else:
+                llm.eval(tokens)
         except RuntimeError as exc:
             raise BackendError(f"llama.cpp failed while scoring: {exc}") from None
         pointer = llama_cpp.llama_get_logits_ith(llm.ctx, -1)

@@ -97,7 +97,11 @@ class MockBackend(Backend):
             label_probs=step.label_probs,
             label_mass=1.0 if step.label_probs else None,
             slot_probs=step.slot_probs,
-            features=step.features if options.features else None,
+            features=(
+                step.features * len(options.features)
+                if options.features and step.features is not None
+                else None
+            ),
         )
 
     def representation(self, prompt: Prompt) -> Representation:

@@ -80,6 +80,14 @@ def run(
         typer.Option(help="An explicit review band LOW,HIGH instead of --review-share."),
     ] = None,
     folds: Annotated[int, typer.Option(min=2, max=20, help="Cross-validation folds.")] = 5,
+    state: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A hidden state to try (repeatable): final-norm@label, or layer-K@label for "
+            "the residual stream after block K (0-based). Default: the final output and "
+            "blocks at 45, 55, 65 and 75% of the depth; the best out of fold is kept."
+        ),
+    ] = None,
     drop_overlap: Annotated[
         bool,
         typer.Option(
@@ -127,7 +135,7 @@ def run(
     try:
         result = _fit(
             pol, data, backend, store, goal, review_share, explicit_band, folds, seed,
-            held_out, held_name, drop_overlap,
+            held_out, held_name, drop_overlap, tuple(state or ()),
         )  # fmt: skip
         store.readouts.add(result.readout, pol)
     finally:
@@ -163,6 +171,7 @@ def _fit(
     held_out: frozenset[str],
     held_name: str,
     drop_overlap: bool,
+    kinds: tuple[str, ...],
 ) -> FitResult:
     with counting_progress() as progress:
         task = progress.add_task(f"fit {policy.id} on {data.name}", total=len(data))
@@ -185,6 +194,7 @@ def _fit(
                 drop_overlap=drop_overlap,
                 store=store,
                 on_result=advance,
+                kinds=kinds,
             )
         )
 
@@ -227,7 +237,7 @@ def _print(result: FitResult, output: Path | None) -> None:
     lines = [
         f"Read-out {ro.id}: {escape(d.binding.policy_id)}@{escape(d.binding.policy_version)} "
         f"on {escape(t.dataset)}, {t.items} items ({t.positive} violating), "
-        f"{d.features} features, C={cv.c:g}, {cv.folds}-fold.",
+        f"{d.binding.kind} {d.features} features, C={cv.c:g}, {cv.folds}-fold.",
         f"Operating point ({point.target}): threshold {point.threshold:.4f}, out of fold "
         f"P {point.precision:.3f} R {point.recall:.3f} F1 {point.f1:.3f}.",
     ]
@@ -292,7 +302,7 @@ def list_readouts(
             escape(f"{d.binding.policy_id}@{d.binding.policy_version}"),
             escape(d.binding.model),
             escape(f"{d.trained_on.dataset} ({d.trained_on.items})"),
-            d.features,
+            f"{d.binding.kind} {d.features}",
             f"{d.cv.pr_auc:.3f}",
             f"{d.point.threshold:.3f}",
             f"[{band[0]:.3f}, {min(band[1], 1.0):.3f})" if band else "-",

@@ -100,6 +100,7 @@ class OperatingPoint(_Model):
 class Candidate(_Model):
     """One configuration tried by cross-validation, with its out-of-fold PR-AUC."""
 
+    kind: str = "final-norm@label"
     features: FeatureSet
     c: float
     pr_auc: float
@@ -287,10 +288,12 @@ class ReadOut:
                 f"{b.model_sha256[:12]}), but the judge runs other weights (sha256 "
                 f"{representation.model_sha256[:12]}). {refit}"
             )
-        if representation.kind != b.kind or representation.size != b.size:
+        if b.kind not in representation.kinds or representation.size != b.size:
+            kinds = representation.kinds
+            offered = ", ".join(kinds) if len(kinds) <= 3 else f"{kinds[0]}, ..., {kinds[-1]}"
             raise ReadOutMismatch(
                 f"Read-out {self.id} reads {b.kind} states of size {b.size}; this backend "
-                f"gives {representation.kind} of size {representation.size}. {refit}"
+                f"gives {offered} of size {representation.size}. {refit}"
             )
         if representation.layout != b.layout:
             raise ReadOutMismatch(

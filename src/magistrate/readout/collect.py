@@ -1,7 +1,7 @@
 """Fit a read-out on labelled items: hidden states through the one judge, then the probe.
 
-`fit_readout` runs a score-mode `Judge` that keeps each decision's hidden state
-(`Judge(features=True)`) over the labelled items through `judge_many`, the same path
+`fit_readout` runs a score-mode `Judge` that keeps each decision's hidden states (the
+candidate kinds, `Judge(features=...)`) over the labelled items through `judge_many`, the same path
 every verdict takes (recorded in the decision log when a store is given), then fits the
 probe and its operating point (`magistrate.readout.fit`) and returns the artefact, bound to
 the policy text, the model file and the prompt layout.
@@ -14,18 +14,19 @@ Example:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from magistrate import __version__
-from magistrate.backends.base import Backend
+from magistrate.backends.base import FINAL_NORM, Backend
 from magistrate.engine import Judge, Judgement, judge_all
 from magistrate.errors import ConfigError
 from magistrate.evaluate.datasets import Dataset
 from magistrate.ids import new_ulid
 from magistrate.item import Item
 from magistrate.policy import Policy
+from magistrate.prompt import build_prompt
 from magistrate.readout.artefact import (
     Binding,
     CrossValidation,
@@ -33,7 +34,14 @@ from magistrate.readout.artefact import (
     ReadOutDocument,
     TrainingData,
 )
-from magistrate.readout.fit import Target, check_labels, fit_probe, operating_point, ranking
+from magistrate.readout.fit import (
+    Target,
+    candidate_kinds,
+    check_labels,
+    fit_probe,
+    operating_point,
+    ranking,
+)
 from magistrate.store import Recorder, Store
 from magistrate.verdict import violation_score
 
@@ -70,6 +78,7 @@ async def fit_readout(
     drop_overlap: bool = False,
     store: Store | None = None,
     on_result: Callable[[Judgement], None] | None = None,
+    kinds: Sequence[str] = (),
 ) -> FitResult:
     """Judge `dataset` in score mode keeping hidden states, and fit a read-out on them.
 
@@ -80,6 +89,8 @@ async def fit_readout(
         held_out: Content hashes of items that figures will be reported on: fitting on any
             of them is refused (or, with `drop_overlap`, they are left out and counted).
         store: Record the zero-shot decisions made while fitting (one run id).
+        kinds: The hidden states to compare (default: `candidate_kinds` of what the backend
+            offers); the best out of fold is the one the read-out reads.
 
     Raises:
         ConfigError: Overlap with `held_out`, too few labelled items of a kind, a backend
@@ -107,12 +118,26 @@ async def fit_readout(
         items = [item for i, item in enumerate(items) if i not in skip]
     check_labels([bool(e.gold) for e in labelled], folds)
 
+    probe = Item.of("representation probe")
+    native = backend.capabilities.native_reasoning
+    representation = backend.representation(build_prompt(policy, probe, native_reasoning=native))
+    if representation is None:
+        raise ConfigError(f"{backend.name} cannot say what its hidden states are bound to.")
+    if kinds:
+        unknown = [k for k in kinds if k not in representation.kinds]
+        if unknown:
+            raise ConfigError(
+                f"{backend.name} cannot return the state {unknown[0]!r}; it returns "
+                f"{FINAL_NORM!r} and 'layer-K@label' for K from 0 to "
+                f"{len(representation.kinds) - 2}."
+            )
+    tried = tuple(kinds) or candidate_kinds(representation.kinds)
     run_id = new_ulid() if store is not None else None
     judge = Judge(
         policy,
         backend,
         mode="score",
-        features=True,
+        features=tried,
         recorder=Recorder(store, run_id=run_id) if store is not None else None,
     )
     started = time.perf_counter()
@@ -127,22 +152,26 @@ async def fit_readout(
         if j.decisions[0].ok and j.decisions[0].features is not None
     ]
     check_labels([bool(e.gold) for e, _ in rows], folds)
+    width = representation.size
     hidden = np.asarray([d.features for _, d in rows], dtype=np.float64)
+    if hidden.shape[1:] != (width * len(tried),):
+        raise ConfigError(
+            f"{backend.name} returned hidden states of {hidden.shape[1:]} numbers; "
+            f"{width * len(tried)} were expected ({len(tried)} of {width})."
+        )
+    states = {kind: hidden[:, i * width : (i + 1) * width] for i, kind in enumerate(tried)}
+    del hidden
     zero_shot = [violation_score(d.verdict.label_probs, policy) for _, d in rows]
     gold = [bool(e.gold) for e, _ in rows]
 
     started = time.perf_counter()
     groups = [d.item_hash for _, d in rows]
-    fitted = fit_probe(hidden, zero_shot, gold, folds=folds, seed=seed, groups=groups)
+    fitted = fit_probe(states, zero_shot, gold, folds=folds, seed=seed, groups=groups)
     point = operating_point(gold, fitted.oof, target, review_share=review_share, band=band)
     roc, pr, best = ranking(gold, fitted.oof)
     zs_roc, zs_pr, zs_best = ranking(gold, zero_shot)
     fit_seconds = time.perf_counter() - started
 
-    probe = Item.of("representation probe")
-    representation = backend.representation(judge.prompt(probe, policy))
-    if representation is None:
-        raise ConfigError(f"{backend.name} cannot say what its hidden states are bound to.")
     document = ReadOutDocument(
         id=new_ulid(),
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -154,7 +183,7 @@ async def fit_readout(
             model=backend.name,
             model_sha256=representation.model_sha256,
             layout=representation.layout,
-            kind=representation.kind,
+            kind=fitted.kind,
             size=representation.size,
         ),
         features=fitted.features,
