@@ -113,6 +113,19 @@ def test_fit_probe_keeps_the_state_where_the_signal_is() -> None:
     assert {c.kind for c in fitted.candidates[3:]} == {"layer-3@label"}
 
 
+def test_state_kinds_name_llama_cpp_graph_tensors() -> None:
+    from magistrate.backends.llamacpp_tap import tensor_name
+
+    assert tensor_name("final-norm@label", 28) == b"result_norm"
+    assert tensor_name("layer-0@label", 28) == b"l_out-0"
+    assert tensor_name("layer-27@label", 28) == b"l_out-27"
+    with pytest.raises(ConfigError, match="has 28"):
+        tensor_name("layer-28@label", 28)
+    for bad in ("layer-x@label", "final-norm", "embeddings@label", "layer--1@label"):
+        with pytest.raises(ConfigError, match="Unknown hidden-state kind"):
+            tensor_name(bad, 28)
+
+
 def test_candidate_kinds_sit_at_fixed_depths() -> None:
     offered = ("final-norm@label", *(f"layer-{i}@label" for i in range(28)))
     assert candidate_kinds(offered) == (
@@ -184,6 +197,14 @@ def test_fit_through_the_judge_binds_the_artefact(fitted: ReadOut) -> None:
     threshold = again.point.threshold
     assert again.score([1, 0, 0, 1]) > max(0.6, threshold)
     assert again.score([-1, 0, 0, 1]) < min(0.4, threshold)
+    assert doc.binding.kind == "final-norm@label"
+
+
+def test_a_state_the_backend_cannot_return_is_refused_before_judging() -> None:
+    backend = MockBackend(script=_script(_examples()), max_concurrency=1)
+    with pytest.raises(ConfigError, match="cannot return the state 'layer-3@label'"):
+        _fit(_policy(), _examples(), backend, kinds=("layer-3@label",))
+    assert backend.prompts == []  # nothing was judged
 
 
 def test_a_read_out_judges_and_is_named_on_every_decision(fitted: ReadOut) -> None:
