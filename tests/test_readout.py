@@ -200,6 +200,26 @@ def test_fit_through_the_judge_binds_the_artefact(fitted: ReadOut) -> None:
     assert doc.binding.kind == "final-norm@label"
 
 
+def test_a_judge_keeps_each_state_once_and_only_states_its_backend_returns() -> None:
+    policy = _policy()
+    judge = Judge(policy, MockBackend(), mode="score", features="final-norm@label")
+    assert judge.features == ("final-norm@label",)
+    twice = Judge(policy, MockBackend(), mode="score", features=["final-norm@label"] * 2)
+    assert twice.options().features == ("final-norm@label",)
+    with pytest.raises(ConfigError, match="cannot return the state 'layer-3@label'"):
+        Judge(policy, MockBackend(), mode="score", features=("layer-3@label",))
+
+
+def test_documents_from_before_states_were_compared_keep_their_hash(fitted: ReadOut) -> None:
+    data = json.loads(fitted.to_json())
+    for candidate in data["cv"]["candidates"]:
+        del candidate["kind"]  # what `fit` wrote before it compared states
+    old = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    loaded = ReadOut.from_json(old)
+    assert loaded.to_json() == old
+    assert all(c.kind is None for c in loaded.document.cv.candidates)
+
+
 def test_a_state_the_backend_cannot_return_is_refused_before_judging() -> None:
     backend = MockBackend(script=_script(_examples()), max_concurrency=1)
     with pytest.raises(ConfigError, match="cannot return the state 'layer-3@label'"):

@@ -67,8 +67,9 @@ class Decision:
         latency_s: Seconds from request to verdict, over all attempts.
         error: The backend error, when the backend failed.
         metadata: The caller's item metadata, carried through untouched.
-        features: The hidden state at the label position, for a judge asked to keep it
-            (fitting a read-out); kept in memory only, never recorded.
+        features: The hidden states at the label position (the kinds the judge was asked to
+            keep, one after another) when fitting a read-out; kept in memory only, never
+            recorded.
     """
 
     id: str

@@ -438,7 +438,9 @@ class Judge:
         self.recorder = recorder
         self._calls = self._plan()
         self._decision_options: dict[tuple[object, ...], dict[str, Any]] = {}
-        self.features = tuple(features)
+        if isinstance(features, str):
+            features = (features,)
+        self.features = tuple(dict.fromkeys(features))  # each state once, in order
         self.readouts = self._bind(tuple(readouts))
         if self.features and self.readouts:
             raise ConfigError(
@@ -450,6 +452,12 @@ class Judge:
                 f"them ({self.backend.name} {'does' if caps.hidden_state else 'does not'}); "
                 "use --mode score and one policy per prompt."
             )
+        if self.features:
+            probe = self.prompt(Item.of("representation probe"), self.policy)
+            offered = self.backend.representation(probe)
+            missing = [k for k in self.features if offered is None or k not in offered.kinds]
+            if missing:
+                raise ConfigError(f"{self.backend.name} cannot return the state {missing[0]!r}.")
 
     def _bind(self, readouts: tuple[ReadOut, ...]) -> dict[str, ReadOut]:
         """The read-outs by policy hash, each checked against what it will read."""

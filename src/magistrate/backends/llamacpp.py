@@ -172,12 +172,11 @@ class LlamaCppBackend(Backend):
         self._grammars: dict[str, Any] = {}
         self._embedded = model is None or str(model) in EMBEDDED_NAMES
         self._sha256: str | None = None
-        # Hidden states are copied out of the graph during the label's own decode.
+        # Hidden states are copied out of the graph during the label's own decode, by a
+        # tap installed the first time one is asked for (`_ensure_tap`).
+        self._n_layer = int(llama_cpp.llama_model_n_layer(self._llm.model))
         self._tap: StateTap | None = None
-        if not self.harmony:
-            n_layer = int(llama_cpp.llama_model_n_layer(self._llm.model))
-            self._tap = StateTap(int(self._llm.n_embd()), n_layer)
-            install(self._llm, self._tap, verbose=verbose)
+        self._verbose = verbose
 
     @property
     def llama(self) -> Any:
@@ -274,12 +273,19 @@ class LlamaCppBackend(Backend):
         position to read."""
         if self.harmony:
             return None
-        if self._tap is None:
-            return None
         rendered = self.render(prompt, content=LAYOUT_PLACEHOLDER)
         layout = hashlib.sha256(rendered.encode("utf-8")).hexdigest()
-        layers = tuple(layer_kind(i) for i in range(self._tap.n_layer))
-        return Representation(self.model_sha256, layout, self._tap.n_embd, (FINAL_NORM, *layers))
+        layers = tuple(layer_kind(i) for i in range(self._n_layer))
+        size = int(self._llm.n_embd())
+        return Representation(self.model_sha256, layout, size, (FINAL_NORM, *layers))
+
+    def _ensure_tap(self) -> StateTap:
+        """The state tap, installed on first use (the KV cache starts empty again then)."""
+        if self._tap is None:
+            tap = StateTap(int(self._llm.n_embd()), self._n_layer)
+            install(self._llm, tap, verbose=self._verbose)
+            self._tap = tap
+        return self._tap
 
     def _complete(self, prompt: Prompt, options: CompletionOptions) -> Completion:
         """Produce one completion; runs on the model thread only.
@@ -303,6 +309,8 @@ class LlamaCppBackend(Backend):
             )
         if prompt.slots and options.constrain_label:
             return self._complete_slots(prompt, options)
+        if options.features:
+            self._ensure_tap()  # before the KV prefix is measured: installing empties it
         use_prefill = not options.constrained
         tokens = self.prompt_tokens(prompt, prefill=use_prefill)
         budget = 1 if options.constrain_label else options.max_tokens
@@ -425,17 +433,18 @@ class LlamaCppBackend(Backend):
 
         llm = self._llm
         hidden: tuple[float, ...] | None = None
-        if features and self._tap is None:
-            raise ConfigError(f"{self.name} cannot return hidden states.")
+        tap = self._tap if features else None
+        if features and tap is None:
+            raise BackendError("The state tap was not installed before the prompt was evaluated.")
         try:
-            if features and self._tap is not None:
-                self._tap.capture(features)
+            if tap is not None:
+                tap.capture(features)
                 try:
                     llm.eval(tokens)
                 except BaseException:
-                    self._tap.reset()
+                    tap.reset()
                     raise
-                hidden = self._tap.take(features)
+                hidden = tap.take(features)
             else:
                 llm.eval(tokens)
         except RuntimeError as exc:
@@ -607,7 +616,8 @@ class _LabelRead:
         mass: Sum of `raw`: how much the model wanted to answer with a label at all.
         choice: Index of the chosen candidate: the most likely one, or with a threshold the
             most likely one on the side of the threshold the violating probability falls on.
-        features: The hidden state at the label position, when it was asked for.
+        features: The hidden states at the label position, when asked for (the kinds asked
+            for, one after another).
     """
 
     raw: tuple[float, ...]

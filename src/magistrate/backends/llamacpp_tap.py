@@ -9,9 +9,11 @@ token, which in score mode is the label position. The states come from the same 
 the label logits, so reading them costs a copy of a few kilobytes, not a second decode.
 
 llama-cpp-python sets no callback on the context it creates, so `install` makes the
-context again with one (the model's weights are shared, only the KV cache is rebuilt).
-While no state is wanted the callback answers "no" at once (measured: no difference in
-score-mode or generation speed within the run-to-run noise).
+context again with one (the model's weights are shared, only the KV cache is rebuilt). The
+backend installs it the first time a state is asked for, so a process that never asks keeps
+llama.cpp's own context with no Python call per graph node. While no state is wanted the
+callback answers "no" at once (measured: no difference in score-mode or generation speed
+within the run-to-run noise).
 """
 
 from __future__ import annotations
@@ -102,9 +104,9 @@ class StateTap:
 
     def capture(self, kinds: Iterable[str]) -> None:
         """Watch for these kinds' tensors during the next decode(s); later rows win."""
-        import numpy as np  # noqa: F401  (loaded here, not inside the callback)
-
         names = [tensor_name(kind, self.n_layer) for kind in kinds]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"A hidden state was asked for twice: {list(kinds)}.")
         self._want = {name: i for i, name in enumerate(names)}
         self._rows = [None] * len(names)
         self._error = None
@@ -157,8 +159,12 @@ class StateTap:
 
         row_bytes = self.n_embd * 4
         rows = int(self._ggml.nrows(tensor))
-        if rows < 1 or int(self._ggml.nbytes(tensor)) != rows * row_bytes:
+        if int(self._ggml.nbytes(tensor)) != rows * row_bytes:
             raise ValueError(f"tensor is not {self.n_embd} float32 columns per row")
+        if rows == 0:
+            # A piece of a split batch that outputs no token: the tensors after the last
+            # block are cut to the output rows, so they are empty there.
+            return
         row = np.empty(self.n_embd, dtype=np.float32)
         self._ggml.get(tensor, row.ctypes.data, (rows - 1) * row_bytes, row_bytes)
         self._rows[index] = row

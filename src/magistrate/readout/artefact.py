@@ -29,9 +29,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 from magistrate.errors import ConfigError, ReadOutMismatch
 from magistrate.verdict import ParseStatus, Verdict, failed, violation_score
@@ -98,12 +106,23 @@ class OperatingPoint(_Model):
 
 
 class Candidate(_Model):
-    """One configuration tried by cross-validation, with its out-of-fold PR-AUC."""
+    """One configuration tried by cross-validation, with its out-of-fold PR-AUC.
 
-    kind: str = "final-norm@label"
+    `kind` is the state tried; documents written before fits compared states have none (they
+    all read `final-norm@label`), and it is left out of their JSON so their SHA-256 stays.
+    """
+
+    kind: str | None = None
     features: FeatureSet
     c: float
     pr_auc: float
+
+    @model_serializer(mode="wrap")
+    def _without_missing_kind(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("kind") is None:
+            data.pop("kind", None)
+        return data
 
 
 class CrossValidation(_Model):

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from magistrate import __version__
-from magistrate.backends.base import FINAL_NORM, Backend
+from magistrate.backends.base import Backend
 from magistrate.engine import Judge, Judgement, judge_all
 from magistrate.errors import ConfigError
 from magistrate.evaluate.datasets import Dataset
@@ -123,15 +123,15 @@ async def fit_readout(
     representation = backend.representation(build_prompt(policy, probe, native_reasoning=native))
     if representation is None:
         raise ConfigError(f"{backend.name} cannot say what its hidden states are bound to.")
-    if kinds:
-        unknown = [k for k in kinds if k not in representation.kinds]
-        if unknown:
-            raise ConfigError(
-                f"{backend.name} cannot return the state {unknown[0]!r}; it returns "
-                f"{FINAL_NORM!r} and 'layer-K@label' for K from 0 to "
-                f"{len(representation.kinds) - 2}."
-            )
-    tried = tuple(kinds) or candidate_kinds(representation.kinds)
+    kinds = tuple(dict.fromkeys(kinds))  # each state once, in order
+    unknown = [k for k in kinds if k not in representation.kinds]
+    if unknown:
+        offered = representation.kinds
+        some = ", ".join(offered) if len(offered) <= 3 else f"{offered[0]}, ..., {offered[-1]}"
+        raise ConfigError(
+            f"{backend.name} cannot return the state {unknown[0]!r}; it returns {some}."
+        )
+    tried = kinds or candidate_kinds(representation.kinds)
     run_id = new_ulid() if store is not None else None
     judge = Judge(
         policy,

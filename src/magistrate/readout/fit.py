@@ -101,9 +101,9 @@ class Fitted:
 
 DEPTHS = (0.45, 0.55, 0.65, 0.75)
 """Where the middle states a fit tries sit, as fractions of the model's depth. On the
-development data (ToxicChat train rows, `toxic-prompt`, the embedded 28-block model) the
-residual stream after blocks 15-17 ranked best out of fold (PR-AUC 0.80-0.81), the final
-normalised output 0.75, and blocks 12-14 0.68-0.75."""
+development data (1,000 ToxicChat train rows, `toxic-prompt`, the embedded 28-block model)
+the residual stream after blocks 15-17 ranked best out of fold (PR-AUC 0.79-0.81), the final
+normalised output 0.75, and blocks 9, 12-14 and 19-27 0.68-0.77 (docs/quality.md)."""
 
 
 def candidate_kinds(kinds: Sequence[str]) -> tuple[str, ...]:
@@ -165,7 +165,8 @@ def fit_probe(
     In two stages, so the cost grows with the states tried only once: each state (`states`,
     by kind) is scored on its own at `C_PROBE`; then, for the best state, every feature set
     and every C of `grid`. Ties in PR-AUC (to three places) go to the lower out-of-fold log
-    loss.
+    loss. (The best state's `hidden` features at `C_PROBE` are fitted in both stages: the
+    second walks the grid with warm starts, so its figure differs in the last places.)
 
     Args:
         states: One matrix (items x width) per hidden-state kind, rows in item order.
