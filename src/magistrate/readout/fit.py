@@ -185,7 +185,7 @@ def fit_probe(
     keys = list(groups) if groups is not None else [str(i) for i in range(len(y))]
     splitter = StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
     splits = list(splitter.split(np.zeros(len(y)), y, groups=keys))
-    workers = jobs or min(2, _usable_cores())
+    workers = jobs or min(2, _cores())
     candidates: list[Candidate] = []
     best: tuple[tuple[float, float], str, FeatureSet, float, list[float]] | None = None
 
@@ -249,6 +249,13 @@ def _fold_path(
     return out
 
 
+def _cores() -> int:
+    """Cores this process may use (joblib's count honours CPU affinity and cgroup limits)."""
+    from joblib import cpu_count
+
+    return max(1, int(cpu_count()))
+
+
 def _out_of_fold(
     x: npt.NDArray[np.float64],
     y: npt.NDArray[np.bool_],
@@ -271,15 +278,6 @@ def _out_of_fold(
         for i, scores in enumerate(path):
             oof[i][test] = scores
     return oof
-
-
-def _usable_cores() -> int:
-    import os
-
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def _standardise(
