@@ -457,7 +457,10 @@ class Judge:
             offered = self.backend.representation(probe)
             missing = [k for k in self.features if offered is None or k not in offered.kinds]
             if missing:
-                raise ConfigError(f"{self.backend.name} cannot return the state {missing[0]!r}.")
+                returns = f"; it returns {offered.describe_kinds()}" if offered else ""
+                raise ConfigError(
+                    f"{self.backend.name} cannot return the state {missing[0]!r}{returns}."
+                )
 
     def _bind(self, readouts: tuple[ReadOut, ...]) -> dict[str, ReadOut]:
         """The read-outs by policy hash, each checked against what it will read."""

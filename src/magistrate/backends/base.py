@@ -72,6 +72,11 @@ class Representation:
     size: int
     kinds: tuple[str, ...] = (FINAL_NORM,)
 
+    def describe_kinds(self) -> str:
+        """The states it can return, for messages (a long list shortened to its ends)."""
+        kinds = self.kinds
+        return ", ".join(kinds) if len(kinds) <= 3 else f"{kinds[0]}, ..., {kinds[-1]}"
+
 
 class Backend(ABC):
     """A way to get completions. Subclasses implement `complete`; the rest has defaults."""

@@ -308,11 +308,9 @@ class ReadOut:
                 f"{representation.model_sha256[:12]}). {refit}"
             )
         if b.kind not in representation.kinds or representation.size != b.size:
-            kinds = representation.kinds
-            offered = ", ".join(kinds) if len(kinds) <= 3 else f"{kinds[0]}, ..., {kinds[-1]}"
             raise ReadOutMismatch(
                 f"Read-out {self.id} reads {b.kind} states of size {b.size}; this backend "
-                f"gives {offered} of size {representation.size}. {refit}"
+                f"gives {representation.describe_kinds()} of size {representation.size}. {refit}"
             )
         if representation.layout != b.layout:
             raise ReadOutMismatch(

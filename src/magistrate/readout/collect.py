@@ -123,15 +123,7 @@ async def fit_readout(
     representation = backend.representation(build_prompt(policy, probe, native_reasoning=native))
     if representation is None:
         raise ConfigError(f"{backend.name} cannot say what its hidden states are bound to.")
-    kinds = tuple(dict.fromkeys(kinds))  # each state once, in order
-    unknown = [k for k in kinds if k not in representation.kinds]
-    if unknown:
-        offered = representation.kinds
-        some = ", ".join(offered) if len(offered) <= 3 else f"{offered[0]}, ..., {offered[-1]}"
-        raise ConfigError(
-            f"{backend.name} cannot return the state {unknown[0]!r}; it returns {some}."
-        )
-    tried = kinds or candidate_kinds(representation.kinds)
+    tried = tuple(kinds) or candidate_kinds(representation.kinds)
     run_id = new_ulid() if store is not None else None
     judge = Judge(
         policy,
@@ -139,7 +131,8 @@ async def fit_readout(
         mode="score",
         features=tried,
         recorder=Recorder(store, run_id=run_id) if store is not None else None,
-    )
+    )  # refuses a state the backend cannot return, before anything is judged
+    tried = judge.features  # each state once, in order
     started = time.perf_counter()
     judgements = await judge_all(judge, items, on_result=on_result)
     judge_seconds = time.perf_counter() - started
